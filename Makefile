@@ -1,0 +1,68 @@
+# Ratchet: durable workflow execution inside PostgreSQL.
+#
+# The extension is built from the numbered sources in sql/ into one versioned
+# script (ratchet--$(EXTVERSION).sql) and one plain-SQL install script for
+# managed Postgres (ratchet.sql). Both are written into the Python package so
+# `pip install` carries them for `ratchet install`.
+#
+# `make help` lists the targets.
+
+EXTENSION   = ratchet
+EXTVERSION  = 0.1.0
+SQLOUT      = python_client/ratchet/_sql
+SOURCES     = $(sort $(wildcard sql/[0-9]*.sql))
+EXT_SCRIPT  = $(SQLOUT)/$(EXTENSION)--$(EXTVERSION).sql
+PLAIN_SCRIPT = $(SQLOUT)/$(EXTENSION).sql
+UPGRADES    = $(wildcard sql/upgrades/$(EXTENSION)--*--*.sql)
+
+PYTHON     ?= python3
+PG_CONFIG  ?= pg_config
+
+DATA = $(EXT_SCRIPT) $(UPGRADES)
+PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
+
+.DEFAULT_GOAL := help
+
+ifneq ($(PGXS),)
+include $(PGXS)
+endif
+
+.PHONY: help sql deps test test-fast lint chaos bench demo node-deps
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
+
+sql: $(EXT_SCRIPT) $(PLAIN_SCRIPT) ## Build the extension script and the plain-SQL install script
+
+$(EXT_SCRIPT): $(SOURCES) sql/build.sh
+	sh sql/build.sh extension $(EXTVERSION) $@ $(SOURCES)
+
+$(PLAIN_SCRIPT): $(SOURCES) sql/build.sh
+	sh sql/build.sh plain $(EXTVERSION) $@ $(SOURCES)
+
+# `make install` (from PGXS) copies the control file and scripts into
+# `pg_config --sharedir`/extension; it needs write access there (root/sudo).
+install: sql
+
+deps: ## Install the Python package and its test tools (editable)
+	$(PYTHON) -m pip install -q -e '.[dev]'
+
+test: sql ## Run the whole test suite against a throwaway PostgreSQL
+	$(PYTHON) tests/run.py
+
+test-fast: sql ## Run the suite without the slow chaos and crash tests
+	$(PYTHON) tests/run.py -m "not slow"
+
+lint: ## ruff and mypy on the Python client
+	$(PYTHON) -m ruff check python_client tests bench examples
+	$(PYTHON) -m mypy python_client/ratchet
+
+chaos: sql ## Long chaos run: thousands of workflows under injected faults
+	$(PYTHON) -m tests.chaos.harness --workflows 3000 --workers 4 --seed $${SEED:-1}
+
+bench: sql ## Benchmarks; writes docs/benchmarks.md
+	$(PYTHON) bench/run.py --out docs/benchmarks.md
+
+demo: sql ## The demo: crash a worker mid-workflow and watch it recover
+	$(PYTHON) -m ratchet demo

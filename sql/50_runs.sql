@@ -1,0 +1,342 @@
+-- What a worker writes while it runs a workflow: step checkpoints, the end of
+-- the run (finish, fail), and suspension (durable sleep and waits).
+--
+-- Fencing: every function here first locks the workflow row and checks that
+-- run_id is the workflow's current run and the workflow is running. The lock
+-- is what makes the check hold until commit: claim() cannot hand the workflow
+-- to another run in between, and a write that waited for a reclaim sees the
+-- new run_id and fails with RT002.
+
+-- Lock the workflow row (FOR SHARE for step writes, FOR NO KEY UPDATE when the
+-- row itself changes) and check that p_run_id is its current, live run.
+create function ratchet._lock_run(p_workflow_id text, p_run_id bigint, p_for_update boolean)
+returns ratchet.workflows
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_wf ratchet.workflows;
+begin
+  if p_run_id is null then
+    perform ratchet._raise('RT005', 'run_id must not be NULL',
+      'pass the run_id that claim() returned for this workflow');
+  end if;
+  if p_for_update then
+    select * into v_wf from ratchet.workflows w where w.workflow_id = p_workflow_id
+       for no key update;
+  else
+    select * into v_wf from ratchet.workflows w where w.workflow_id = p_workflow_id
+       for share;
+  end if;
+  if not found then
+    perform ratchet._raise('RT004', pg_catalog.format('unknown workflow "%s"', p_workflow_id),
+      'the workflow may have been purged');
+  end if;
+  if v_wf.status = 'cancelled' then
+    perform ratchet._raise('RT006', pg_catalog.format('workflow "%s" was cancelled', p_workflow_id),
+      'stop running it; nothing of this run is recorded from now on');
+  end if;
+  if v_wf.status <> 'running' or v_wf.run_id is distinct from p_run_id then
+    perform ratchet._raise('RT002',
+      pg_catalog.format('run %s of workflow "%s" is no longer current (status %s, current run %s)',
+                        p_run_id, p_workflow_id, v_wf.status, coalesce(v_wf.run_id::text, 'none')),
+      'the lease was lost and the workflow reclaimed, or the run ended; stop running it');
+  end if;
+  if v_wf.deadline < ratchet.now() then
+    perform ratchet._raise('RT006',
+      pg_catalog.format('workflow "%s" passed its deadline (%s)', p_workflow_id, v_wf.deadline),
+      'stop running it; the next claim() or heartbeat() cancels it');
+  end if;
+  return v_wf;
+end;
+$$;
+
+comment on function ratchet._lock_run(text, bigint, boolean) is
+  'Internal: lock a workflow row and raise RT004/RT002/RT006 unless run_id is its live run.';
+
+create function ratchet._check_step_args(p_step_id int, p_name text)
+returns void
+language plpgsql
+immutable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if p_step_id is null or p_step_id < 0 then
+    perform ratchet._raise('RT005', pg_catalog.format('step_id must be >= 0, got %s', p_step_id),
+      'steps are numbered 0, 1, 2... in the order the workflow calls them');
+  end if;
+  perform ratchet._check_name(p_name, 'step name');
+end;
+$$;
+
+comment on function ratchet._check_step_args(int, text) is
+  'Internal: validate step_id and step name.';
+
+-- Insert a step row; RT003 if that step is already recorded.
+create function ratchet._insert_step(
+  p_workflow_id text, p_run_id bigint, p_step_id int, p_name text,
+  p_output jsonb, p_error jsonb, p_now timestamptz)
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_existing text;
+begin
+  insert into ratchet.steps (workflow_id, step_id, name, output, error, run_id, recorded_at)
+  values (p_workflow_id, p_step_id, p_name, p_output, p_error, p_run_id, p_now)
+  on conflict (workflow_id, step_id) do nothing;
+  if not found then
+    select s.name into v_existing from ratchet.steps s
+     where s.workflow_id = p_workflow_id and s.step_id = p_step_id;
+    perform ratchet._raise('RT003',
+      pg_catalog.format('step %s of workflow "%s" is already recorded (as "%s")',
+                        p_step_id, p_workflow_id, v_existing),
+      'a recorded step is never overwritten; replay it from the claimed steps');
+  end if;
+end;
+$$;
+
+comment on function ratchet._insert_step(text, bigint, int, text, jsonb, jsonb, timestamptz) is
+  'Internal: insert a step checkpoint, RT003 if it exists.';
+
+-- record_step: the checkpoint. One statement, one round trip.
+create function ratchet.record_step(
+  workflow_id text,
+  run_id      bigint,
+  step_id     int,
+  name        text,
+  output      jsonb default null,
+  error       jsonb default null)
+returns void
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+#variable_conflict use_column
+declare
+  p_workflow_id alias for $1;
+  p_run_id      alias for $2;
+  p_step_id     alias for $3;
+  p_name        alias for $4;
+  p_output      alias for $5;
+  p_error       alias for $6;
+begin
+  perform ratchet._check_step_args(p_step_id, p_name);
+  perform ratchet._check_payload(p_output, 'step output');
+  perform ratchet._check_payload(p_error, 'step error');
+  perform ratchet._lock_run(p_workflow_id, p_run_id, false);
+  perform ratchet._insert_step(p_workflow_id, p_run_id, p_step_id, p_name, p_output, p_error,
+                               ratchet.now());
+end;
+$$;
+
+comment on function ratchet.record_step(text, bigint, int, text, jsonb, jsonb) is
+  'Checkpoint a step result (output) or failure (error). RT002 if run_id is not current, '
+  'RT003 if the step is already recorded, RT006 if the workflow was cancelled.';
+
+-- finish: the run succeeded; the workflow ends with this output.
+create function ratchet.finish(workflow_id text, run_id bigint, output jsonb default null)
+returns void
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+#variable_conflict use_column
+declare
+  p_workflow_id alias for $1;
+  p_run_id      alias for $2;
+  p_output      alias for $3;
+  v_now timestamptz := ratchet.now();
+  v_wf  ratchet.workflows;
+begin
+  perform ratchet._check_payload(p_output, 'output');
+  v_wf := ratchet._lock_run(p_workflow_id, p_run_id, true);
+  update ratchet.workflows w
+     set status = 'succeeded', output = p_output, error = null, ended_at = v_now,
+         run_id = null, worker_id = null, lease_expires_at = null, updated_at = v_now
+   where w.workflow_id = p_workflow_id;
+  perform ratchet._on_end(p_workflow_id, v_wf.parent_id, v_now);
+end;
+$$;
+
+comment on function ratchet.finish(text, bigint, jsonb) is
+  'End the run: the workflow succeeded with this output. Fenced like record_step.';
+
+-- fail: the run failed. Without retry_in the workflow ends as failed; with it
+-- the workflow is retried after retry_in if it has attempts left, else dead.
+-- Returns the resulting status.
+create function ratchet.fail(
+  workflow_id text,
+  run_id      bigint,
+  error       jsonb,
+  retry_in    interval default null)
+returns text
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+#variable_conflict use_column
+declare
+  p_workflow_id alias for $1;
+  p_run_id      alias for $2;
+  p_error       alias for $3;
+  p_retry_in    alias for $4;
+  v_now    timestamptz := ratchet.now();
+  v_wf     ratchet.workflows;
+  v_status text;
+begin
+  perform ratchet._check_payload(p_error, 'error');
+  if p_retry_in < interval '0' then
+    perform ratchet._raise('RT005', pg_catalog.format('retry_in must not be negative, got %s', p_retry_in),
+      'pass NULL to fail for good, or a delay such as ''5 seconds''');
+  end if;
+  v_wf := ratchet._lock_run(p_workflow_id, p_run_id, true);
+
+  if p_retry_in is not null and v_wf.attempts < v_wf.max_attempts then
+    update ratchet.workflows w
+       set status = 'enqueued', error = p_error, attempts = w.attempts + 1,
+           start_at = v_now + p_retry_in,
+           run_id = null, worker_id = null, lease_expires_at = null, updated_at = v_now
+     where w.workflow_id = p_workflow_id;
+    if p_retry_in = interval '0' then
+      perform ratchet._wake_queue(v_wf.queue);
+    end if;
+    return 'enqueued';
+  end if;
+
+  v_status := case when p_retry_in is null then 'failed' else 'dead' end;
+  update ratchet.workflows w
+     set status = v_status, error = p_error, ended_at = v_now,
+         run_id = null, worker_id = null, lease_expires_at = null, updated_at = v_now
+   where w.workflow_id = p_workflow_id;
+  perform ratchet._on_end(p_workflow_id, v_wf.parent_id, v_now);
+  return v_status;
+end;
+$$;
+
+comment on function ratchet.fail(text, bigint, jsonb, interval) is
+  'End the run with an error. retry_in NULL: failed. Otherwise re-enqueued after retry_in '
+  'while attempts < max_attempts, else dead. Returns the new status.';
+
+-- suspend: give the workflow back to its queue until a time, and optionally
+-- until a message (wait_for 'message', wait_key = topic) or the end of a child
+-- (wait_for 'child', wait_key = child id), whichever comes first. Holds no
+-- worker while it waits. Costs no attempt: suspend(until => ratchet.now())
+-- is how a worker that shuts down releases a workflow.
+create function ratchet.suspend(
+  workflow_id text,
+  run_id      bigint,
+  until       timestamptz,
+  wait_for    text default null,
+  wait_key    text default null)
+returns void
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+#variable_conflict use_column
+declare
+  p_workflow_id alias for $1;
+  p_run_id      alias for $2;
+  p_until       alias for $3;
+  p_wait_for    alias for $4;
+  p_wait_key    alias for $5;
+  v_now      timestamptz := ratchet.now();
+  v_wf       ratchet.workflows;
+  v_key      text := p_wait_key;
+  v_start_at timestamptz := p_until;
+begin
+  if p_until is null then
+    perform ratchet._raise('RT005', 'until must not be NULL',
+      'pass a time, or ''infinity'' to wait only for the message or child');
+  end if;
+  if p_wait_for is not null and p_wait_for not in ('message', 'child') then
+    perform ratchet._raise('RT005', pg_catalog.format('wait_for must be NULL, ''message'' or ''child'', got %L', p_wait_for),
+      'wait_for => ''message'' with wait_key => topic, or ''child'' with wait_key => child id');
+  end if;
+  if p_wait_for = 'child' then
+    perform ratchet._check_name(p_wait_key, 'wait_key (child workflow id)');
+  elsif p_wait_for = 'message' then
+    v_key := coalesce(p_wait_key, '');
+  end if;
+  v_wf := ratchet._lock_run(p_workflow_id, p_run_id, true);
+
+  -- The awaited thing may already be there: then wake at once (no lost wake-up).
+  if (p_wait_for = 'message' and exists (
+        select 1 from ratchet.messages m
+         where m.destination_id = p_workflow_id and m.topic = v_key and m.consumed_at is null))
+     or (p_wait_for = 'child' and exists (
+        select 1 from ratchet.workflows c
+         where c.workflow_id = v_key and c.status in ('succeeded', 'failed', 'cancelled', 'dead'))) then
+    v_start_at := v_now;
+  end if;
+
+  update ratchet.workflows w
+     set status = 'enqueued', start_at = v_start_at,
+         wait_for = case when v_start_at > v_now then p_wait_for end,
+         wait_key = case when v_start_at > v_now and p_wait_for is not null then v_key end,
+         run_id = null, worker_id = null, lease_expires_at = null, updated_at = v_now
+   where w.workflow_id = p_workflow_id;
+  if v_start_at <= v_now then
+    perform ratchet._wake_queue(v_wf.queue);
+  end if;
+end;
+$$;
+
+comment on function ratchet.suspend(text, bigint, timestamptz, text, text) is
+  'Release the workflow until a time, or until a message (wait_for ''message'') or a child''s '
+  'end (wait_for ''child''). The workflow goes back to enqueued and holds no worker.';
+
+-- durable_sleep: the checkpoint of a sleep. The first call records step
+-- step_id as {"wake_at": now + seconds} from the database clock; later calls
+-- (replays) return the recorded wake time. remaining_seconds is how long is
+-- left now; a client sleeps that long in-process or suspends until wake_at.
+create function ratchet.durable_sleep(
+  workflow_id text,
+  run_id      bigint,
+  step_id     int,
+  seconds     double precision,
+  out wake_at timestamptz,
+  out remaining_seconds double precision)
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+#variable_conflict use_column
+declare
+  p_workflow_id alias for $1;
+  p_run_id      alias for $2;
+  p_step_id     alias for $3;
+  p_seconds     alias for $4;
+  v_now  timestamptz := ratchet.now();
+  v_step ratchet.steps;
+begin
+  perform ratchet._check_step_args(p_step_id, 'sleep');
+  perform ratchet._lock_run(p_workflow_id, p_run_id, false);
+  select * into v_step from ratchet.steps s
+   where s.workflow_id = p_workflow_id and s.step_id = p_step_id;
+  if found then
+    if v_step.name <> 'sleep' then
+      perform ratchet._raise('RT005',
+        pg_catalog.format('step %s of workflow "%s" is recorded as "%s", not a sleep',
+                          p_step_id, p_workflow_id, v_step.name),
+        'the workflow code changed between runs (non-deterministic)');
+    end if;
+    wake_at := (v_step.output ->> 'wake_at')::timestamptz;
+  else
+    if p_seconds is null or p_seconds < 0 or p_seconds = 'Infinity'::double precision
+       or p_seconds = 'NaN'::double precision then
+      perform ratchet._raise('RT005', pg_catalog.format('seconds must be a finite number >= 0, got %s', p_seconds),
+        'e.g. seconds => 60');
+    end if;
+    wake_at := v_now + pg_catalog.make_interval(secs => p_seconds);
+    perform ratchet._insert_step(p_workflow_id, p_run_id, p_step_id, 'sleep',
+      pg_catalog.jsonb_build_object('wake_at', wake_at), null, v_now);
+  end if;
+  remaining_seconds := greatest(0, extract(epoch from wake_at - v_now)::double precision);
+end;
+$$;
+
+comment on function ratchet.durable_sleep(text, bigint, int, double precision) is
+  'Record (first call) or read (replay) a sleep step; returns wake_at and the seconds left.';
