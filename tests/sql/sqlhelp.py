@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -48,3 +49,14 @@ def claim(
 def set_now(conn: psycopg.Connection[Any], ts: str | None) -> None:
     """Move this session's ratchet.now() (None: back to the real clock)."""
     conn.execute("select set_config('ratchet.fake_now', %s, false)", [ts or ""])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll predicate until it holds or timeout passes; returns whether it held."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
