@@ -67,8 +67,9 @@ begin
     perform ratchet._raise('RT005', 'rate_limit and rate_period go together',
       'pass both (e.g. rate_limit => 100, rate_period => ''1 minute'') or neither');
   end if;
-  if p_rate_limit is not null and (p_rate_limit < 1 or p_rate_period <= interval '0') then
-    perform ratchet._raise('RT005', 'rate_limit must be at least 1 and rate_period positive',
+  if p_rate_limit is not null and (p_rate_limit < 1 or p_rate_period <= interval '0'
+                                   or p_rate_period > interval '100 years') then
+    perform ratchet._raise('RT005', 'rate_limit must be at least 1 and rate_period between 0 and 100 years',
       'e.g. rate_limit => 100, rate_period => ''1 minute''');
   end if;
 

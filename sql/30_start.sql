@@ -54,8 +54,8 @@ begin
   if p_dedup_key is not null then
     perform ratchet._check_name(p_dedup_key, 'dedup_key');
   end if;
-  if p_timeout is not null and p_timeout <= interval '0' then
-    perform ratchet._raise('RT005', pg_catalog.format('timeout must be positive, got %s', p_timeout),
+  if p_timeout is not null and (p_timeout <= interval '0' or p_timeout > interval '100 years') then
+    perform ratchet._raise('RT005', pg_catalog.format('timeout must be positive and at most 100 years, got %s', p_timeout),
       'e.g. timeout => ''10 minutes''');
   end if;
   if p_max_attempts is not null and p_max_attempts < 1 then

@@ -187,8 +187,8 @@ declare
   v_status text;
 begin
   perform ratchet._check_payload(p_error, 'error');
-  if p_retry_in < interval '0' then
-    perform ratchet._raise('RT005', pg_catalog.format('retry_in must not be negative, got %s', p_retry_in),
+  if p_retry_in < interval '0' or p_retry_in > interval '100 years' then
+    perform ratchet._raise('RT005', pg_catalog.format('retry_in must be between 0 and 100 years, got %s', p_retry_in),
       'pass NULL to fail for good, or a delay such as ''5 seconds''');
   end if;
   v_wf := ratchet._lock_run(p_workflow_id, p_run_id, true);
@@ -325,9 +325,9 @@ begin
     end if;
     wake_at := (v_step.output ->> 'wake_at')::timestamptz;
   else
-    if p_seconds is null or p_seconds < 0 or p_seconds = 'Infinity'::double precision
-       or p_seconds = 'NaN'::double precision then
-      perform ratchet._raise('RT005', pg_catalog.format('seconds must be a finite number >= 0, got %s', p_seconds),
+    -- NaN compares greater than every number, so the upper bound rejects it too
+    if p_seconds is null or p_seconds < 0 or p_seconds > 3153600000 then
+      perform ratchet._raise('RT005', pg_catalog.format('seconds must be between 0 and 100 years (3153600000), got %s', p_seconds),
         'e.g. seconds => 60');
     end if;
     wake_at := v_now + pg_catalog.make_interval(secs => p_seconds);

@@ -128,8 +128,8 @@ declare
   p_max_rows   alias for $2;
   v_ids text[];
 begin
-  if p_older_than is null or p_older_than < interval '0' then
-    perform ratchet._raise('RT005', 'older_than must be a non-negative interval',
+  if p_older_than is null or p_older_than < interval '0' or p_older_than > interval '100 years' then
+    perform ratchet._raise('RT005', 'older_than must be between 0 and 100 years',
       'e.g. purge(older_than => ''7 days'')');
   end if;
   if p_max_rows is null or p_max_rows < 1 then

@@ -76,6 +76,11 @@ CASES: list[tuple[str, str]] = [
     ("select ratchet.schedule('s', '* * *', 'wf')", "RT005"),
     ("select ratchet.schedule('s', '* * * * *', 'wf', queue => 'missing')", "RT005"),
     ("select ratchet.purge(NULL)", "RT005"),
+    ("select ratchet.purge('1000000 years')", "RT005"),
+    ("select ratchet.start_workflow('wf', timeout => '1000000 years')", "RT005"),
+    ("select ratchet.fail({wid}, {run}, '{{}}', retry_in => '1000000 years')", "RT005"),
+    ("select ratchet.durable_sleep({wid}, {run}, 0, 1e300)", "RT005"),
+    ("select ratchet.create_queue('q', rate_limit => 1, rate_period => '1000000 years')", "RT005"),
     ("select ratchet.purge('1 day', max_rows => 0)", "RT005"),
 ]
 

@@ -410,8 +410,9 @@ begin
     perform ratchet._raise('RT005', 'rate_limit and rate_period go together',
       'pass both (e.g. rate_limit => 100, rate_period => ''1 minute'') or neither');
   end if;
-  if p_rate_limit is not null and (p_rate_limit < 1 or p_rate_period <= interval '0') then
-    perform ratchet._raise('RT005', 'rate_limit must be at least 1 and rate_period positive',
+  if p_rate_limit is not null and (p_rate_limit < 1 or p_rate_period <= interval '0'
+                                   or p_rate_period > interval '100 years') then
+    perform ratchet._raise('RT005', 'rate_limit must be at least 1 and rate_period between 0 and 100 years',
       'e.g. rate_limit => 100, rate_period => ''1 minute''');
   end if;
 
@@ -525,8 +526,8 @@ begin
   if p_dedup_key is not null then
     perform ratchet._check_name(p_dedup_key, 'dedup_key');
   end if;
-  if p_timeout is not null and p_timeout <= interval '0' then
-    perform ratchet._raise('RT005', pg_catalog.format('timeout must be positive, got %s', p_timeout),
+  if p_timeout is not null and (p_timeout <= interval '0' or p_timeout > interval '100 years') then
+    perform ratchet._raise('RT005', pg_catalog.format('timeout must be positive and at most 100 years, got %s', p_timeout),
       'e.g. timeout => ''10 minutes''');
   end if;
   if p_max_attempts is not null and p_max_attempts < 1 then
@@ -1310,8 +1311,8 @@ declare
   v_status text;
 begin
   perform ratchet._check_payload(p_error, 'error');
-  if p_retry_in < interval '0' then
-    perform ratchet._raise('RT005', pg_catalog.format('retry_in must not be negative, got %s', p_retry_in),
+  if p_retry_in < interval '0' or p_retry_in > interval '100 years' then
+    perform ratchet._raise('RT005', pg_catalog.format('retry_in must be between 0 and 100 years, got %s', p_retry_in),
       'pass NULL to fail for good, or a delay such as ''5 seconds''');
   end if;
   v_wf := ratchet._lock_run(p_workflow_id, p_run_id, true);
@@ -1448,9 +1449,9 @@ begin
     end if;
     wake_at := (v_step.output ->> 'wake_at')::timestamptz;
   else
-    if p_seconds is null or p_seconds < 0 or p_seconds = 'Infinity'::double precision
-       or p_seconds = 'NaN'::double precision then
-      perform ratchet._raise('RT005', pg_catalog.format('seconds must be a finite number >= 0, got %s', p_seconds),
+    -- NaN compares greater than every number, so the upper bound rejects it too
+    if p_seconds is null or p_seconds < 0 or p_seconds > 3153600000 then
+      perform ratchet._raise('RT005', pg_catalog.format('seconds must be between 0 and 100 years (3153600000), got %s', p_seconds),
         'e.g. seconds => 60');
     end if;
     wake_at := v_now + pg_catalog.make_interval(secs => p_seconds);
@@ -2496,8 +2497,8 @@ declare
   p_max_rows   alias for $2;
   v_ids text[];
 begin
-  if p_older_than is null or p_older_than < interval '0' then
-    perform ratchet._raise('RT005', 'older_than must be a non-negative interval',
+  if p_older_than is null or p_older_than < interval '0' or p_older_than > interval '100 years' then
+    perform ratchet._raise('RT005', 'older_than must be between 0 and 100 years',
       'e.g. purge(older_than => ''7 days'')');
   end if;
   if p_max_rows is null or p_max_rows < 1 then
