@@ -15,8 +15,12 @@ EXT_SCRIPT  = $(SQLOUT)/$(EXTENSION)--$(EXTVERSION).sql
 PLAIN_SCRIPT = $(SQLOUT)/$(EXTENSION).sql
 UPGRADES    = $(wildcard sql/upgrades/$(EXTENSION)--*--*.sql)
 
-PYTHON     ?= python3
 PG_CONFIG  ?= pg_config
+# Everything Python runs from a virtualenv that `make` creates on first use,
+# so a fresh clone needs no manual pip step (and no root for pip).
+SYSTEM_PYTHON ?= python3
+VENV       ?= .venv
+PYTHON     ?= $(VENV)/bin/python
 
 DATA = $(EXT_SCRIPT) $(UPGRADES)
 PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
@@ -27,7 +31,7 @@ ifneq ($(PGXS),)
 include $(PGXS)
 endif
 
-.PHONY: help sql deps test test-fast lint chaos bench demo node-deps
+.PHONY: help sql deps test test-fast lint chaos bench demo
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -45,24 +49,28 @@ $(PLAIN_SCRIPT): $(SOURCES) sql/build.sh
 # `pg_config --sharedir`/extension; it needs write access there (root/sudo).
 install: sql
 
-deps: ## Install the Python package and its test tools (editable)
-	$(PYTHON) -m pip install -q -e '.[dev]'
+deps: $(VENV)/.installed ## Create .venv with the client and its test tools (editable)
 
-test: sql ## Run the whole test suite against a throwaway PostgreSQL
+$(VENV)/.installed: pyproject.toml
+	$(SYSTEM_PYTHON) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+test: sql deps ## Run the whole test suite against a throwaway PostgreSQL
 	$(PYTHON) tests/run.py
 
-test-fast: sql ## Run the suite without the slow chaos and crash tests
+test-fast: sql deps ## Run the suite without the slow chaos and crash tests
 	$(PYTHON) tests/run.py -m "not slow"
 
-lint: ## ruff and mypy on the Python client
+lint: deps ## ruff and mypy on the Python client
 	$(PYTHON) -m ruff check python_client tests bench examples
 	$(PYTHON) -m mypy python_client/ratchet
 
-chaos: sql ## Long chaos run: thousands of workflows under injected faults
+chaos: sql deps ## Long chaos run: thousands of workflows under injected faults
 	$(PYTHON) -m tests.chaos.harness --workflows 3000 --workers 4 --seed $${SEED:-1}
 
-bench: sql ## Benchmarks; writes docs/benchmarks.md
+bench: sql deps ## Benchmarks; writes docs/benchmarks.md
 	$(PYTHON) bench/run.py --out docs/benchmarks.md
 
-demo: sql ## The demo: crash a worker mid-workflow and watch it recover
+demo: sql deps ## The demo: crash a worker mid-workflow and watch it recover
 	$(PYTHON) -m ratchet demo
