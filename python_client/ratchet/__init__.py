@@ -1,0 +1,93 @@
+"""Ratchet: durable workflow execution inside PostgreSQL.
+
+Workflows are plain functions whose steps are checkpointed in PostgreSQL by
+the ``ratchet`` extension; a worker that crashes loses nothing, and finished
+steps never run again::
+
+    import ratchet
+
+    app = ratchet.App("postgresql:///mydb")
+
+    @app.step(retries=3)
+    def charge(order_id: int) -> str: ...
+
+    @app.workflow()
+    def checkout(order_id: int) -> str:
+        receipt = charge(order_id)
+        ratchet.sleep(60)          # durable: survives restarts, holds no worker
+        return receipt
+
+    handle = app.start(checkout, 42, workflow_id="order-42")
+    print(handle.result(timeout=30))
+
+This package only calls the extension's SQL functions around your code; all
+queueing, locking and recovery rules live in SQL.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ._app import App, Step, Transaction, Workflow, WorkflowHandle
+from ._errors import (
+    DuplicateDedupKey,
+    InvalidArgument,
+    NonDeterminismError,
+    RatchetError,
+    SerializationError,
+    StaleRun,
+    StepError,
+    StepTimeout,
+    WorkflowCancelled,
+    WorkflowFailed,
+    WorkflowNotFound,
+)
+from ._install import install
+from ._middleware import ExecutionInfo, Middleware
+from ._runtime import get_event, recv, set_event, sleep, step_idempotency_key, workflow_id
+from ._worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "DuplicateDedupKey",
+    "ExecutionInfo",
+    "InvalidArgument",
+    "Middleware",
+    "NonDeterminismError",
+    "RatchetError",
+    "SerializationError",
+    "StaleRun",
+    "Step",
+    "StepError",
+    "StepTimeout",
+    "Transaction",
+    "Worker",
+    "Workflow",
+    "WorkflowCancelled",
+    "WorkflowFailed",
+    "WorkflowHandle",
+    "WorkflowNotFound",
+    "__version__",
+    "get_event",
+    "install",
+    "recv",
+    "set_event",
+    "sleep",
+    "step_idempotency_key",
+    "workflow_id",
+]
+
+# Public exceptions are stored (type names in error JSON) and shown as
+# ratchet.X, not as the private module they are defined in.
+for _cls in (DuplicateDedupKey, InvalidArgument, NonDeterminismError, RatchetError,
+             SerializationError, StaleRun, StepError, StepTimeout, WorkflowCancelled,
+             WorkflowFailed, WorkflowNotFound):
+    _cls.__module__ = "ratchet"
+
+# Quiet by default, like psycopg: WARNING unless the application configures
+# the "ratchet" logger.
+_logger = logging.getLogger("ratchet")
+if _logger.level == logging.NOTSET:
+    _logger.setLevel(logging.WARNING)

@@ -1,0 +1,711 @@
+"""The application object: decorators, starting workflows, handles."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, cast, overload
+
+import psycopg
+
+from . import _db, _runtime
+from ._context import WorkflowContext, active_workflow
+from ._db import Database
+from ._json import dumps, encode_input
+from ._listener import Listener
+from ._middleware import Middleware, MiddlewareChain
+from ._runtime import Checkpointed
+
+if TYPE_CHECKING:
+    from ._worker import Worker
+
+logger = logging.getLogger("ratchet")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+Seconds = float | int | timedelta
+
+
+def _seconds(value: Seconds | None, what: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError(f"{what} must be a number of seconds or a timedelta, not {value!r}")
+
+
+def default_name(fn: Callable[..., Any]) -> str:
+    """A function's registered name: its qualified name (``Class.method``), or
+    just its name when it is defined inside another function."""
+    name = str(getattr(fn, "__name__", repr(fn)))
+    qualname = str(getattr(fn, "__qualname__", name))
+    return name if "<locals>" in qualname else qualname
+
+
+def make_worker_id(kind: str = "") -> str:
+    """``host:pid:xxxxxxxx``: unique per worker, readable in ``ratchet ls``."""
+    suffix = uuid.uuid4().hex[:8]
+    return f"{socket.gethostname()}:{os.getpid()}:{kind}{suffix}"
+
+
+# -- workflows and steps ----------------------------------------------------------
+
+
+class Workflow(Generic[P, R]):
+    """A function registered with :meth:`App.workflow`.
+
+    Start it with :meth:`App.start` (from anywhere; a worker runs it), or call
+    it: outside a workflow the call starts it with a generated id and runs it
+    durably in this process, returning its result; inside a workflow the call
+    starts it as a child workflow (a checkpointed step) and waits for it.
+    """
+
+    def __init__(self, app: App, fn: Callable[P, R], *, name: str, queue: str,
+                 max_attempts: int | None, timeout: float | None, retries: int,
+                 retry_interval: float, retry_backoff: float, retry_max_delay: float) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.queue = queue
+        self.max_attempts = max_attempts
+        self.timeout = timeout
+        self.retries = retries
+        self.retry_interval = retry_interval
+        self.retry_backoff = retry_backoff
+        self.retry_max_delay = retry_max_delay
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return cast(R, self.app._call_directly(self, args, kwargs))
+
+    def __repr__(self) -> str:
+        return f"<ratchet.Workflow {self.name!r} queue={self.queue!r}>"
+
+
+class StepBase:
+    """What every kind of step has: a name and a retry policy."""
+
+    def __init__(self, app: App, *, name: str, retries: int, backoff: float, interval: float,
+                 max_delay: float) -> None:
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        self.app = app
+        self.name = name
+        self.retries = retries
+        self.backoff = backoff
+        self.interval = interval
+        self.max_delay = max_delay
+
+    def _run_plain(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run outside a workflow: just the function."""
+        raise NotImplementedError
+
+    def _attempt(self, ctx: WorkflowContext, step_id: int, args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> Any:
+        """Execute once inside a workflow; a :class:`Checkpointed` result means the
+        step recorded itself."""
+        raise NotImplementedError
+
+
+class Step(StepBase, Generic[P, R]):
+    """A function registered with :meth:`App.step`: checkpointed when a workflow
+    calls it; a plain call anywhere else."""
+
+    def __init__(self, app: App, fn: Callable[P, R], *, name: str, retries: int,
+                 backoff: float, interval: float, max_delay: float,
+                 timeout: float | None) -> None:
+        super().__init__(app, name=name, retries=retries, backoff=backoff, interval=interval,
+                         max_delay=max_delay)
+        self.fn = fn
+        self.timeout = timeout
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return cast(R, _runtime.run_step(self, args, kwargs))
+
+    def _run_plain(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def _attempt(self, ctx: WorkflowContext, step_id: int, args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> Any:
+        return _runtime.call_with_timeout(lambda: self.fn(*args, **kwargs), self.timeout,
+                                          self.name)
+
+    def __repr__(self) -> str:
+        return f"<ratchet.Step {self.name!r}>"
+
+
+class _UserFailure(Exception):
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+
+class Transaction(StepBase, Generic[P, R]):
+    """A function registered with :meth:`App.transaction`: it receives a cursor,
+    and its SQL commits in the same transaction as its checkpoint."""
+
+    def __init__(self, app: App, fn: Callable[Concatenate[psycopg.Cursor[Any], P], R], *,
+                 name: str, retries: int, backoff: float, interval: float,
+                 max_delay: float) -> None:
+        super().__init__(app, name=name, retries=retries, backoff=backoff, interval=interval,
+                         max_delay=max_delay)
+        self.fn = fn
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return cast(R, _runtime.run_step(self, args, kwargs))
+
+    def _run_plain(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        with self.app._db.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            return self.fn(cur, *args, **kwargs)
+
+    def _attempt(self, ctx: WorkflowContext, step_id: int, args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> Any:
+        try:
+            with self.app._db.connection() as conn:
+                with conn.transaction():
+                    with conn.cursor() as cur:
+                        try:
+                            result = self.fn(cur, *args, **kwargs)
+                            output = dumps(result, f"the result of step {self.name!r}")
+                        except Exception as exc:
+                            raise _UserFailure(exc) from exc
+                    # The checkpoint, in the same transaction: RT002/RT006 here
+                    # roll back everything the function did.
+                    ctx.call(_db.RECORD_STEP, (ctx.workflow_id, ctx.run_id, step_id,
+                                               self.name, output, None), conn=conn)
+        except _UserFailure as failure:
+            raise failure.exc from None
+        return Checkpointed(json.loads(output))
+
+    def __repr__(self) -> str:
+        return f"<ratchet.Transaction {self.name!r}>"
+
+
+# -- handles ---------------------------------------------------------------------
+
+
+class WorkflowHandle(Generic[R]):
+    """A reference to a started workflow, by id (from :meth:`App.start` or
+    :meth:`App.retrieve`)."""
+
+    def __init__(self, app: App, workflow_id: str) -> None:
+        self.app = app
+        self.workflow_id = workflow_id
+
+    def __repr__(self) -> str:
+        return f"<ratchet.WorkflowHandle {self.workflow_id!r}>"
+
+    def info(self) -> dict[str, Any]:
+        """The workflow's row of ``ratchet.workflows`` as a dict."""
+        row = self.app._db.fetchone(_db.GET_WORKFLOW, (self.workflow_id,))
+        assert row is not None
+        return dict(row)
+
+    def status(self) -> str:
+        """``enqueued``, ``running``, ``succeeded``, ``failed``, ``cancelled`` or
+        ``dead``."""
+        return str(self.info()["status"])
+
+    def result(self, timeout: float | None = None) -> R:
+        """Wait for the workflow to end and return its output.
+
+        Raises :class:`WorkflowFailed` (failed or dead; carries the stored error),
+        :class:`WorkflowCancelled`, or :class:`TimeoutError` after ``timeout``
+        seconds (None: wait as long as it takes). Inside a workflow the wait is a
+        checkpointed step that releases the worker while the other workflow runs.
+        """
+        ctx = active_workflow()
+        if ctx is not None:
+            return cast(R, _runtime.child_result(ctx, self.workflow_id, timeout))
+        return cast(R, _runtime.workflow_result(self.app, self.workflow_id, timeout))
+
+    def cancel(self) -> int:
+        """Cancel the workflow and its children; returns how many were cancelled."""
+        return self.app.cancel(self.workflow_id)
+
+    def resume(self) -> None:
+        """Put a failed, cancelled or dead workflow back in its queue."""
+        self.app.resume(self.workflow_id)
+
+    def steps(self) -> list[dict[str, Any]]:
+        """The recorded steps, in order, as dicts (``ratchet.steps`` rows)."""
+        return [dict(r) for r in self.app._db.fetchall(_db.GET_STEPS, (self.workflow_id,))]
+
+    def get_event(self, key: str, timeout: float | None = None) -> Any:
+        """This workflow's event ``key`` (see :meth:`App.get_event`)."""
+        return self.app.get_event(self.workflow_id, key, timeout=timeout)
+
+    def send(self, message: Any, topic: str | None = None,
+             idempotency_key: str | None = None) -> int:
+        """Send this workflow a message (see :meth:`App.send`)."""
+        return self.app.send(self.workflow_id, message, topic=topic,
+                             idempotency_key=idempotency_key)
+
+
+# -- the app ---------------------------------------------------------------------
+
+
+class _LocalRunner:
+    """The worker identity of workflows run by direct calls in this process, with
+    a heartbeat thread while any of them runs."""
+
+    lease = 30.0
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.worker_id = make_worker_id("local-")
+        self._active = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def running(self) -> Iterator[str]:
+        with self._lock:
+            self._active += 1
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._beat, daemon=True,
+                                                name="ratchet-local-heartbeat")
+                self._thread.start()
+        try:
+            yield self.worker_id
+        finally:
+            with self._lock:
+                self._active -= 1
+            self._wake.set()
+
+    def _beat(self) -> None:
+        while True:
+            self._wake.wait(self.lease / 3)
+            self._wake.clear()
+            with self._lock:
+                if self._active == 0:
+                    self._thread = None
+                    return
+            try:
+                self.app._db.fetchone(_db.HEARTBEAT, (self.worker_id, self.lease))
+            except Exception as exc:
+                logger.warning("ratchet: heartbeat failed: %s", exc)
+
+
+class App:
+    """A Ratchet application: registered workflows and steps, and a connection pool.
+
+    ``dsn`` is a libpq connection string or URL; without it,
+    ``RATCHET_DATABASE_URL``, then ``DATABASE_URL``, then libpq's ``PG*``
+    environment variables are used. The pool opens on first use; a worker
+    grows it to its concurrency plus two. ``suspend_threshold`` (seconds) is
+    the longest wait (sleep, receive, child result) a workflow spends holding
+    its worker before it suspends and releases it. Ratchet's own statements
+    are prepared on first use; ``prepared_statements=False`` turns prepared
+    statements off altogether (for transaction-mode poolers that cannot handle
+    them).
+    """
+
+    def __init__(self, dsn: str | None = None, *, pool_size: int | None = None,
+                 suspend_threshold: float = 2.0, poll_interval: float = 1.0,
+                 prepared_statements: bool = True) -> None:
+        self._db = Database(dsn, pool_size=pool_size, prepared_statements=prepared_statements)
+        self._listener = Listener(lambda: self._db.dsn)
+        self._middleware = MiddlewareChain()
+        self._workflows: dict[str, Workflow[..., Any]] = {}
+        self._local: _LocalRunner | None = None
+        self.suspend_threshold = suspend_threshold
+        self.poll_interval = poll_interval
+
+    def __repr__(self) -> str:
+        return f"<ratchet.App workflows={sorted(self._workflows)}>"
+
+    # -- configuration -------------------------------------------------------
+
+    @property
+    def dsn(self) -> str:
+        """The connection string in use."""
+        return self._db.dsn
+
+    def set_dsn(self, dsn: str) -> None:
+        """Use another database (before first use; the CLI's ``--dsn``)."""
+        self._db.set_dsn(dsn)
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Wrap every workflow run and step execution in ``middleware``: either
+        ``fn(info, call_next)`` returning ``call_next()``'s result, or
+        ``fn(info)`` returning a context manager. See :class:`ExecutionInfo`."""
+        self._middleware.add(middleware)
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """Borrow a connection of the app's pool (autocommit mode)."""
+        with self._db.connection() as conn:
+            yield conn
+
+    def close(self) -> None:
+        """Close the pool and the notification listener."""
+        self._listener.close()
+        self._db.close()
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def workflows(self) -> dict[str, Workflow[..., Any]]:
+        """The registered workflows by name."""
+        return dict(self._workflows)
+
+    # -- decorators ----------------------------------------------------------
+
+    @overload
+    def workflow(self, fn: Callable[P, R], /) -> Workflow[P, R]: ...
+
+    @overload
+    def workflow(self, /, *, name: str | None = None, queue: str = "default",
+                 max_attempts: int | None = None, timeout: Seconds | None = None,
+                 retries: int = 0, retry_interval: float = 1.0, retry_backoff: float = 2.0,
+                 retry_max_delay: float = 300.0,
+                 ) -> Callable[[Callable[P, R]], Workflow[P, R]]: ...
+
+    def workflow(self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
+                 queue: str = "default", max_attempts: int | None = None,
+                 timeout: Seconds | None = None, retries: int = 0,
+                 retry_interval: float = 1.0, retry_backoff: float = 2.0,
+                 retry_max_delay: float = 300.0) -> Any:
+        """Register a workflow.
+
+        ``name`` defaults to the function's qualified name; it is what the
+        database stores and workers look up. ``queue``: where it runs unless
+        :meth:`start` says otherwise. ``max_attempts``: claims allowed (runs and
+        crash recoveries) before it is ``dead``. ``timeout``: a deadline after
+        which it is cancelled. ``retries``: how many times a run that raised is
+        retried (with ``retry_interval * retry_backoff**n`` seconds between,
+        capped by ``retry_max_delay``); without, an exception fails it.
+        """
+        timeout_s = _seconds(timeout, "timeout")
+
+        def register(func: Callable[P, R]) -> Workflow[P, R]:
+            wf_name = name or default_name(func)
+            if wf_name in self._workflows:
+                raise ValueError(f"a workflow named {wf_name!r} is already registered")
+            wf = Workflow(self, func, name=wf_name, queue=queue, max_attempts=max_attempts,
+                          timeout=timeout_s, retries=retries, retry_interval=retry_interval,
+                          retry_backoff=retry_backoff, retry_max_delay=retry_max_delay)
+            self._workflows[wf_name] = wf
+            return wf
+
+        return register if fn is None else register(fn)
+
+    @overload
+    def step(self, fn: Callable[P, R], /) -> Step[P, R]: ...
+
+    @overload
+    def step(self, /, *, retries: int = 0, backoff: float = 2.0, interval: float = 1.0,
+             max_delay: float = 60.0, timeout: float | None = None, name: str | None = None,
+             ) -> Callable[[Callable[P, R]], Step[P, R]]: ...
+
+    def step(self, fn: Callable[..., Any] | None = None, /, *, retries: int = 0,
+             backoff: float = 2.0, interval: float = 1.0, max_delay: float = 60.0,
+             timeout: float | None = None, name: str | None = None) -> Any:
+        """Register a step: its result (JSON) is checkpointed when a workflow calls
+        it, and a replay returns the recorded result instead of running it again.
+
+        A step that raises is retried ``retries`` times, after ``interval``,
+        ``interval * backoff``, ... seconds (capped by ``max_delay``); then the
+        error is recorded and raised in the workflow as :class:`StepError`.
+        With ``timeout`` the step runs in a helper thread and raises
+        :class:`StepTimeout` if it takes longer. A step calling the outside
+        world is at-least-once: pass :func:`step_idempotency_key` along.
+        """
+
+        def register(func: Callable[P, R]) -> Step[P, R]:
+            return Step(self, func, name=name or default_name(func), retries=retries,
+                        backoff=backoff, interval=interval, max_delay=max_delay,
+                        timeout=timeout)
+
+        return register if fn is None else register(fn)
+
+    @overload
+    def transaction(self, fn: Callable[Concatenate[psycopg.Cursor[Any], P], R], /,
+                    ) -> Transaction[P, R]: ...
+
+    @overload
+    def transaction(self, /, *, name: str | None = None, retries: int = 0,
+                    backoff: float = 2.0, interval: float = 1.0, max_delay: float = 60.0,
+                    ) -> Callable[[Callable[Concatenate[psycopg.Cursor[Any], P], R]],
+                                  Transaction[P, R]]: ...
+
+    def transaction(self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
+                    retries: int = 0, backoff: float = 2.0, interval: float = 1.0,
+                    max_delay: float = 60.0) -> Any:
+        """Register a transactional step: the function receives a psycopg cursor
+        first, and its SQL commits in one transaction with the step's checkpoint,
+        so its database effects happen exactly once. If the run lost its lease
+        or the workflow was cancelled, the transaction rolls back. The function
+        must use the cursor it is given (the app's database) and should not
+        commit."""
+
+        def register(func: Callable[Concatenate[psycopg.Cursor[Any], P], R]
+                     ) -> Transaction[P, R]:
+            return Transaction(self, func, name=name or default_name(func), retries=retries,
+                               backoff=backoff, interval=interval, max_delay=max_delay)
+
+        return register if fn is None else register(fn)
+
+    # -- starting ------------------------------------------------------------
+
+    @overload
+    def start(self, fn: Workflow[P, R], /, *args: P.args,
+              **kwargs: P.kwargs) -> WorkflowHandle[R]: ...
+
+    @overload
+    def start(self, fn: Workflow[..., R], /, *args: Any, workflow_id: str | None,
+              queue: str | None = None, priority: int = 0, dedup_key: str | None = None,
+              start_at: datetime | None = None, delay: Seconds | None = None,
+              timeout: Seconds | None = None, max_attempts: int | None = None,
+              **kwargs: Any) -> WorkflowHandle[R]: ...
+
+    @overload
+    def start(self, fn: Workflow[..., R], /, *args: Any, queue: str | None,
+              priority: int = 0, dedup_key: str | None = None,
+              start_at: datetime | None = None, delay: Seconds | None = None,
+              timeout: Seconds | None = None, max_attempts: int | None = None,
+              **kwargs: Any) -> WorkflowHandle[R]: ...
+
+    @overload
+    def start(self, fn: Workflow[..., R], /, *args: Any, priority: int,
+              dedup_key: str | None = None, start_at: datetime | None = None,
+              delay: Seconds | None = None, timeout: Seconds | None = None,
+              max_attempts: int | None = None, **kwargs: Any) -> WorkflowHandle[R]: ...
+
+    @overload
+    def start(self, fn: Workflow[..., R], /, *args: Any, dedup_key: str | None,
+              start_at: datetime | None = None, delay: Seconds | None = None,
+              timeout: Seconds | None = None, max_attempts: int | None = None,
+              **kwargs: Any) -> WorkflowHandle[R]: ...
+
+    @overload
+    def start(self, fn: Workflow[..., R], /, *args: Any, start_at: datetime | None,
+              timeout: Seconds | None = None, max_attempts: int | None = None,
+              **kwargs: Any) -> WorkflowHandle[R]: ...
+
+    @overload
+    def start(self, fn: Workflow[..., R], /, *args: Any, delay: Seconds | None,
+              timeout: Seconds | None = None, max_attempts: int | None = None,
+              **kwargs: Any) -> WorkflowHandle[R]: ...
+
+    @overload
+    def start(self, fn: Workflow[..., R], /, *args: Any, timeout: Seconds | None,
+              max_attempts: int | None = None, **kwargs: Any) -> WorkflowHandle[R]: ...
+
+    @overload
+    def start(self, fn: Workflow[..., R], /, *args: Any, max_attempts: int | None,
+              **kwargs: Any) -> WorkflowHandle[R]: ...
+
+    @overload
+    def start(self, fn: str, /, *args: Any, **kwargs: Any) -> WorkflowHandle[Any]: ...
+
+    def start(self, fn: Workflow[..., Any] | str, /, *args: Any,
+              **kwargs: Any) -> WorkflowHandle[Any]:
+        """Start a workflow and return a handle to it.
+
+        ``fn`` is a registered workflow (arguments are checked against its
+        signature) or a workflow name (to start one whose code lives
+        elsewhere). Options, given as keywords: ``workflow_id`` (the idempotency
+        key: starting an existing id returns that workflow), ``queue``,
+        ``priority`` (lower runs first), ``dedup_key`` (at most one active
+        workflow per key and queue, else :class:`DuplicateDedupKey`),
+        ``start_at`` (a datetime) or ``delay`` (seconds, measured on the database
+        clock), ``timeout`` (seconds until it is cancelled), ``max_attempts``.
+        Every other argument is the workflow's input and must be
+        JSON-serializable (else :class:`SerializationError`, raised here).
+
+        Inside a workflow this is a checkpointed step: the child's id defaults to
+        ``<parent_id>:<step_id>``, so a replay never starts it twice.
+        """
+        options = {k: kwargs.pop(k) for k in _START_OPTIONS if k in kwargs}
+        return WorkflowHandle(self, self._start(fn, args, kwargs, **options))
+
+    def _start(self, fn: Workflow[..., Any] | str, args: Sequence[Any], kwargs: dict[str, Any],
+               *, workflow_id: str | None = None, queue: str | None = None, priority: int = 0,
+               dedup_key: str | None = None, start_at: datetime | None = None,
+               delay: Seconds | None = None, timeout: Seconds | None = None,
+               max_attempts: int | None = None) -> str:
+        if isinstance(fn, Workflow):
+            name = fn.name
+            queue = queue or fn.queue
+            max_attempts = max_attempts if max_attempts is not None else fn.max_attempts
+            timeout_s = _seconds(timeout, "timeout") if timeout is not None else fn.timeout
+        elif isinstance(fn, str):
+            name = fn
+            timeout_s = _seconds(timeout, "timeout")
+        else:
+            raise TypeError(f"start() needs a workflow registered with @app.workflow() or a "
+                            f"workflow name, not {fn!r}")
+        params = {
+            "name": name, "input": encode_input(args, kwargs, f"the input of workflow {name!r}"),
+            "workflow_id": workflow_id, "queue": queue or "default", "priority": priority,
+            "dedup_key": dedup_key, "start_at": start_at, "delay": _seconds(delay, "delay"),
+            "timeout": timeout_s, "max_attempts": max_attempts, "parent_id": None,
+        }
+        ctx = active_workflow()
+        if ctx is not None:
+            return _runtime.start_child(ctx, name, params)
+        row = self._db.fetchone(_db.START, params)
+        assert row is not None
+        return str(row["workflow_id"])
+
+    def _call_directly(self, wf: Workflow[..., Any], args: tuple[Any, ...],
+                       kwargs: dict[str, Any]) -> Any:
+        ctx = active_workflow()
+        if ctx is not None:
+            child_id = self._start(wf, args, kwargs)
+            if ctx.next_step not in ctx.recorded:
+                _runtime.nested_run(ctx, child_id)
+            return _runtime.child_result(ctx, child_id, None)
+        workflow_id = self._start(wf, args, kwargs)
+        if self._local is None:
+            self._local = _LocalRunner(self)
+        with self._local.running() as worker_id:
+            return _runtime.run_directly(self, workflow_id, worker_id, self._local.lease)
+
+    def retrieve(self, workflow_id: str) -> WorkflowHandle[Any]:
+        """A handle to an existing workflow (:class:`WorkflowNotFound` if none)."""
+        handle: WorkflowHandle[Any] = WorkflowHandle(self, workflow_id)
+        handle.info()
+        return handle
+
+    # -- messages and events ---------------------------------------------------
+
+    def send(self, destination_id: str, message: Any, topic: str | None = None,
+             idempotency_key: str | None = None) -> int:
+        """Send ``message`` (JSON) to workflow ``destination_id``; it is received
+        with :func:`ratchet.recv`. A retry with the same ``idempotency_key``
+        delivers once. Inside a workflow the send is a checkpointed step (the
+        key defaults to ``<workflow_id>:<step_id>``). Returns the message id."""
+        body = dumps(message, "the message")
+        ctx = active_workflow()
+        if ctx is None:
+            row = self._db.fetchone(_db.SEND, (destination_id, body, topic, idempotency_key))
+            assert row is not None
+            return int(row["message_id"])
+        step_id = ctx.take_step()
+        rec = ctx.lookup(step_id, "send")
+        if rec is not None:
+            return int((rec.get("output") or {}).get("message_id") or 0)
+        row = ctx.call(_db.SEND_STEP, {
+            "destination_id": destination_id, "message": body, "topic": topic,
+            "idempotency_key": idempotency_key or f"{ctx.workflow_id}:{step_id}",
+            "workflow_id": ctx.workflow_id, "run_id": ctx.run_id, "step_id": step_id})
+        assert row is not None
+        return int(row["message_id"])
+
+    def get_event(self, workflow_id: str, key: str, timeout: float | None = None) -> Any:
+        """The latest value workflow ``workflow_id`` set for ``key`` with
+        :func:`ratchet.set_event`; waits up to ``timeout`` seconds for it to be
+        set (None: don't wait) and returns None if it is not. Inside a workflow
+        the value read is checkpointed."""
+        if active_workflow() is not None:
+            return _runtime.get_event(workflow_id, key, timeout)
+        return _runtime.read_event(self, workflow_id, key, timeout)
+
+    # -- managing ------------------------------------------------------------
+
+    def cancel(self, workflow_id: str) -> int:
+        """Cancel a workflow and its live children; returns how many."""
+        row = self._db.fetchone(_db.CANCEL, (workflow_id,))
+        return int(row["cancelled"] or 0) if row else 0
+
+    def resume(self, workflow_id: str) -> None:
+        """Put a failed, cancelled or dead workflow back in its queue."""
+        self._db.fetchone(_db.RESUME, (workflow_id,))
+
+    def fork(self, workflow_id: str, from_step: int,
+             new_workflow_id: str | None = None) -> WorkflowHandle[Any]:
+        """A new workflow with the same input and the checkpoints of steps before
+        ``from_step`` copied: it re-runs from there."""
+        row = self._db.fetchone(_db.FORK, (workflow_id, from_step, new_workflow_id))
+        assert row is not None
+        return WorkflowHandle(self, str(row["workflow_id"]))
+
+    def create_queue(self, name: str, *, concurrency: int | None = None,
+                     worker_concurrency: int | None = None, rate_limit: int | None = None,
+                     rate_period: Seconds | None = None) -> None:
+        """Create (or reconfigure) a queue: at most ``concurrency`` running
+        workflows in total, ``worker_concurrency`` per worker, and ``rate_limit``
+        starts per ``rate_period`` seconds."""
+        self._db.fetchone(
+            "select ratchet.create_queue(name => %s::text, concurrency => %s::int, "
+            "worker_concurrency => %s::int, rate_limit => %s::int, "
+            "rate_period => %s::float8 * interval '1 second')",
+            (name, concurrency, worker_concurrency, rate_limit,
+             _seconds(rate_period, "rate_period")))
+
+    def pause_queue(self, name: str) -> None:
+        """Stop workers from claiming on queue ``name``."""
+        self._db.fetchone("select ratchet.pause_queue(name => %s::text)", (name,))
+
+    def resume_queue(self, name: str) -> None:
+        """Let workers claim on queue ``name`` again."""
+        self._db.fetchone("select ratchet.resume_queue(name => %s::text)", (name,))
+
+    def schedule(self, name: str, cron: str, workflow: Workflow[..., Any] | str,
+                 input: Any = None, *, queue: str | None = None,
+                 timezone: str = "UTC") -> None:
+        """Start ``workflow`` on a 5-field ``cron`` schedule (evaluated in SQL by
+        ``tick()``, which workers call). ``input`` is the workflow's JSON input
+        (a dict becomes keyword arguments)."""
+        wf_name = workflow.name if isinstance(workflow, Workflow) else workflow
+        if queue is None:
+            queue = workflow.queue if isinstance(workflow, Workflow) else "default"
+        self._db.fetchone(
+            "select ratchet.schedule(name => %s::text, cron => %s::text, "
+            "workflow_name => %s::text, input => %s::jsonb, queue => %s::text, "
+            "timezone => %s::text)",
+            (name, cron, wf_name, dumps({} if input is None else input, "the input"),
+             queue, timezone))
+
+    def unschedule(self, name: str) -> bool:
+        """Remove a schedule; returns whether it existed."""
+        row = self._db.fetchone("select ratchet.unschedule(name => %s::text) as removed",
+                                (name,))
+        return bool(row and row["removed"])
+
+    # -- workers -------------------------------------------------------------
+
+    def run_worker(self, queues: Sequence[str] = ("default",), *, concurrency: int = 16,
+                   lease: float = 30.0, poll_interval: float | None = None,
+                   grace_period: float = 10.0, install_signal_handlers: bool = True) -> None:
+        """Run a worker in this thread until SIGTERM/SIGINT (see :class:`Worker`)."""
+        self.worker(queues, concurrency=concurrency, lease=lease, poll_interval=poll_interval,
+                    grace_period=grace_period,
+                    install_signal_handlers=install_signal_handlers).run()
+
+    def worker(self, queues: Sequence[str] = ("default",), *, concurrency: int = 16,
+               lease: float = 30.0, poll_interval: float | None = None,
+               grace_period: float = 10.0, install_signal_handlers: bool = True,
+               ) -> Worker:
+        """A :class:`Worker` for this app (call ``run()``; ``stop()`` from another
+        thread)."""
+        from ._worker import Worker
+
+        return Worker(self, queues, concurrency=concurrency, lease=lease,
+                      poll_interval=poll_interval, grace_period=grace_period,
+                      install_signal_handlers=install_signal_handlers)
+
+
+_START_OPTIONS = ("workflow_id", "queue", "priority", "dedup_key", "start_at", "delay",
+                  "timeout", "max_attempts")

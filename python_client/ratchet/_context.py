@@ -1,0 +1,188 @@
+"""The state of one run of a workflow, held in a context variable.
+
+A run starts with a row from ``claim``: the workflow's name, input, its new
+``run_id`` and the steps earlier runs recorded. Steps are numbered in call
+order; a step whose number is recorded returns its recorded result instead of
+running (replay). Every write names the ``run_id``; when the database says the
+run is no longer current (RT002) or the workflow was cancelled (RT006) the run
+stops at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import psycopg
+from psycopg.rows import DictRow
+
+from . import _db
+from ._errors import (
+    NonDeterminismError,
+    _ControlFlow,
+    _RunAborted,
+    _Suspended,
+    describe_db_error,
+    translate,
+)
+
+if TYPE_CHECKING:
+    from ._app import App
+
+logger = logging.getLogger("ratchet")
+
+
+@dataclass
+class StepContext:
+    """The step being executed (not replayed) right now."""
+
+    workflow_id: str
+    step_id: int
+    name: str
+    attempt: int
+
+
+@dataclass
+class WorkflowContext:
+    """One run of one workflow."""
+
+    app: App
+    workflow_id: str
+    run_id: int
+    name: str
+    attempt: int
+    worker_id: str
+    lease: float
+    recorded: dict[int, dict[str, Any]]
+    #: the workflow's stored input
+    input: Any = None
+    next_step: int = 0
+    #: set once the run has ended without finishing (suspended, stale, released)
+    ended: _ControlFlow | None = None
+    #: a non-determinism error: fails the run even if user code caught it
+    fatal: NonDeterminismError | None = None
+    #: set to interrupt in-process waits (the run was released or lost)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def from_claim(cls, app: App, row: dict[str, Any], worker_id: str,
+                   lease: float) -> WorkflowContext:
+        """A context for a row returned by ``claim``/``claim_workflow``."""
+        recorded = {int(s["step_id"]): s for s in (row.get("steps") or [])}
+        return cls(app=app, workflow_id=row["workflow_id"], run_id=int(row["run_id"]),
+                   name=row["name"], attempt=int(row.get("attempt") or 1),
+                   worker_id=worker_id, lease=lease, recorded=recorded,
+                   input=row.get("input"))
+
+    # -- step numbering and replay -------------------------------------------
+
+    def take_step(self) -> int:
+        """The next step number (and check that the run may go on)."""
+        self.check()
+        step_id = self.next_step
+        self.next_step += 1
+        return step_id
+
+    def lookup(self, step_id: int, name: str) -> dict[str, Any] | None:
+        """The recorded step at ``step_id``, or None. A recorded step of another
+        name means the workflow is not deterministic: the run fails."""
+        rec = self.recorded.get(step_id)
+        if rec is not None and rec.get("name") != name:
+            err = NonDeterminismError(
+                f"workflow {self.workflow_id!r} ({self.name}) is not deterministic: "
+                f"step #{step_id} was recorded as {rec.get('name')!r} but the code now "
+                f"calls {name!r} at that position")
+            self.fatal = err
+            raise err
+        return rec
+
+    def replaying_past(self, step_id: int) -> bool:
+        """Whether a later step than ``step_id`` is already recorded (so whatever
+        ``step_id`` waited for is over)."""
+        return any(k > step_id for k in self.recorded)
+
+    # -- ending the run -------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise if this run has already ended (user code may have swallowed the
+        first signal) or was told to stop."""
+        if self.ended is not None:
+            raise self.ended
+        if self.stop.is_set():
+            raise self.abort(_RunAborted("the run was released"))
+
+    def abort(self, signal: _ControlFlow) -> _ControlFlow:
+        """Mark the run as ended by ``signal`` and interrupt its waits."""
+        if self.ended is None:
+            self.ended = signal
+        self.stop.set()
+        return self.ended
+
+    def pause(self, seconds: float) -> None:
+        """Sleep in-process, waking early if the run is stopped."""
+        if seconds > 0:
+            self.stop.wait(seconds)
+        self.check()
+
+    def suspend(self, until: Any, wait_for: str | None = None,
+                wait_key: str | None = None) -> NoReturn:
+        """Release the workflow until ``until`` (or an earlier wake-up) and end
+        this run: the database holds it as enqueued with its wake-up time."""
+        self.call(_db.SUSPEND, (self.workflow_id, self.run_id, until, wait_for, wait_key))
+        logger.info("ratchet: workflow %s suspended until %s (wait_for=%s)",
+                    self.workflow_id, until, wait_for,
+                    extra={"workflow_id": self.workflow_id})
+        raise self.abort(_Suspended(f"suspended until {until}"))
+
+    # -- talking to the database ------------------------------------------------
+
+    def run_error(self, exc: psycopg.Error) -> BaseException:
+        """The exception to raise for a database error during this run."""
+        state = exc.sqlstate
+        if state == "RT002":
+            return self.abort(_RunAborted(f"stale run (RT002): {describe_db_error(exc)}"))
+        if state == "RT006":
+            return self.abort(_RunAborted(f"cancelled (RT006): {describe_db_error(exc)}"))
+        if state == "RT003":
+            return self.abort(_RunAborted(
+                f"duplicate step (RT003): {describe_db_error(exc)}", release=True))
+        mapped = translate(exc)
+        if mapped is not None:
+            return mapped
+        if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+            return self.abort(_RunAborted(f"database connection problem: {exc}",
+                                          release=True, cause=exc))
+        return exc
+
+    def call(self, query: str, params: Any,
+             conn: psycopg.Connection[Any] | None = None) -> DictRow | None:
+        """Run one statement for this run (on ``conn`` or a pooled connection) and
+        return its first row."""
+        self.check()
+        try:
+            if conn is not None:
+                return self.app._db.run(conn, query, params).fetchone()
+            with self.app._db.connection() as pooled:
+                return self.app._db.run(pooled, query, params).fetchone()
+        except psycopg.Error as exc:
+            raise self.run_error(exc) from exc
+
+    def log_extra(self, step_id: int | None = None) -> dict[str, Any]:
+        """``extra=`` fields for log records about this run."""
+        return {"workflow_id": self.workflow_id, "run_id": self.run_id, "step_id": step_id}
+
+
+current_workflow: ContextVar[WorkflowContext | None] = ContextVar(
+    "ratchet_workflow", default=None)
+current_step: ContextVar[StepContext | None] = ContextVar("ratchet_step", default=None)
+
+
+def active_workflow() -> WorkflowContext | None:
+    """The run whose code is executing in this context, unless we are inside a
+    step (code inside a step is plain code: nothing in it is checkpointed)."""
+    if current_step.get() is not None:
+        return None
+    return current_workflow.get()

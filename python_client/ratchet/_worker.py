@@ -1,0 +1,224 @@
+"""The worker: claim, run, heartbeat, tick, shut down gracefully.
+
+The loop is: claim as many workflows as there are free slots in one call;
+run each in a thread; when nothing is claimable, wait for a notification on
+one of the queues' channels or the poll interval, whichever comes first.
+Recovery needs nothing here: ``claim`` itself hands out workflows whose lease
+expired, with the steps already recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from . import _db, _runtime
+from ._app import make_worker_id
+from ._context import WorkflowContext
+from ._listener import queue_channel
+
+if TYPE_CHECKING:
+    from ._app import App
+
+logger = logging.getLogger("ratchet")
+
+__all__ = ["Worker"]
+
+
+class Worker:
+    """Runs an app's workflows from ``queues``, ``concurrency`` at a time.
+
+    ``lease`` (seconds) is how long a claim stays valid without a heartbeat
+    (heartbeats go every ``lease / 3``); a worker that dies loses its workflows
+    to other workers after that long. ``poll_interval`` bounds the wait
+    between claims when no notification arrives. On SIGTERM or SIGINT (or
+    :meth:`stop`) it stops claiming, lets running workflows finish for up to
+    ``grace_period`` seconds, then releases the rest back to their queue so
+    another worker picks them up at once (no attempt is counted). A second
+    signal skips the grace period.
+    """
+
+    #: seconds between calls to ``ratchet.tick()`` (cron schedules)
+    tick_interval = 5.0
+
+    def __init__(self, app: App, queues: Sequence[str] = ("default",), *,
+                 concurrency: int = 16, lease: float = 30.0, poll_interval: float | None = None,
+                 grace_period: float = 10.0, install_signal_handlers: bool = True,
+                 worker_id: str | None = None) -> None:
+        if isinstance(queues, str):
+            queues = [queues]
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        if not queues:
+            raise ValueError("a worker needs at least one queue")
+        self.app = app
+        self.queues = list(queues)
+        self.concurrency = concurrency
+        self.lease = float(lease)
+        self.poll_interval = app.poll_interval if poll_interval is None else poll_interval
+        self.grace_period = grace_period
+        self.install_signal_handlers = install_signal_handlers
+        self.worker_id = worker_id or make_worker_id()
+        self._active: dict[str, WorkflowContext] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._force = threading.Event()
+        self._done = threading.Event()
+        self._started = threading.Event()
+        #: counts of outcomes, for tests and curiosity
+        self.outcomes: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return f"<ratchet.Worker {self.worker_id} queues={self.queues}>"
+
+    # -- control ----------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the worker to shut down gracefully (thread- and signal-safe); a
+        second call skips the grace period."""
+        if self._stopping.is_set():
+            self._force.set()
+        self._stopping.set()
+        self._wake.set()
+
+    @property
+    def running_count(self) -> int:
+        """How many workflows this worker is running now."""
+        with self._lock:
+            return len(self._active)
+
+    def wait_started(self, timeout: float | None = None) -> bool:
+        """Wait until the worker is listening and claiming."""
+        return self._started.wait(timeout)
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        """Wait until :meth:`run` has returned."""
+        return self._done.wait(timeout)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        logger.warning("ratchet: worker %s got %s, shutting down%s", self.worker_id,
+                       signal.Signals(signum).name,
+                       " now" if self._stopping.is_set() else " gracefully")
+        self.stop()
+
+    # -- main loop ----------------------------------------------------------
+
+    def run(self) -> None:
+        """Run until stopped. Blocks the calling thread."""
+        previous: dict[signal.Signals, Any] = {}
+        if self.install_signal_handlers and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, self._on_signal)
+        self._done.clear()
+        heartbeat = threading.Thread(target=self._heartbeat_loop, daemon=True,
+                                     name="ratchet-heartbeat")
+        try:
+            self.app._db.ensure_size(self.concurrency + 2)
+            channels = [queue_channel(q) for q in self.queues]
+            subs = [self.app._listener.subscribe(ch, None, self._notified) for ch in channels]
+            self.app._listener.add_channels(channels)
+            heartbeat.start()
+            logger.info("ratchet: worker %s serving %s (concurrency %d, lease %.0f s)",
+                        self.worker_id, ", ".join(self.queues), self.concurrency, self.lease)
+            self._started.set()
+            try:
+                self._loop()
+            finally:
+                for sub in subs:
+                    sub.close()
+                self._shutdown()
+        finally:
+            self._stopping.set()
+            self._done.set()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            logger.info("ratchet: worker %s stopped", self.worker_id)
+
+    def _notified(self, payload: str) -> None:
+        self._wake.set()
+
+    def _loop(self) -> None:
+        next_tick = 0.0
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            if now >= next_tick:
+                self._tick()
+                next_tick = now + self.tick_interval
+            self._wake.clear()
+            free = self.concurrency - self.running_count
+            claimed = 0
+            if free > 0:
+                claimed = self._claim(free)
+            if claimed:
+                continue  # maybe more work: claim again at once (or when a slot frees)
+            self._wake.wait(min(self.poll_interval, max(0.0, next_tick - time.monotonic())))
+
+    def _claim(self, count: int) -> int:
+        try:
+            rows = self.app._db.fetchall(_db.CLAIM, {
+                "queues": self.queues, "worker_id": self.worker_id, "max_count": count,
+                "lease": self.lease})
+        except Exception as exc:
+            logger.warning("ratchet: claim failed: %s", exc)
+            self._stopping.wait(self.poll_interval)
+            return 0
+        for row in rows:
+            ctx = WorkflowContext.from_claim(self.app, dict(row), self.worker_id, self.lease)
+            with self._lock:
+                self._active[ctx.workflow_id] = ctx
+            thread = threading.Thread(target=self._run_one, args=(ctx,), daemon=True,
+                                      name=f"ratchet-run-{ctx.workflow_id}")
+            thread.start()
+        return len(rows)
+
+    def _run_one(self, ctx: WorkflowContext) -> None:
+        outcome = "error"
+        try:
+            outcome = _runtime.run_workflow(ctx)
+        except BaseException:
+            logger.exception("ratchet: unexpected error running workflow %s",
+                             ctx.workflow_id, extra=ctx.log_extra())
+            _runtime.release(ctx, "unexpected error in the worker")
+        finally:
+            with self._lock:
+                if self._active.get(ctx.workflow_id) is ctx:
+                    del self._active[ctx.workflow_id]
+                self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+            self._wake.set()
+
+    def _tick(self) -> None:
+        try:
+            row = self.app._db.fetchone(_db.TICK)
+            if row and row["started"]:
+                logger.info("ratchet: started %s scheduled workflow(s)", row["started"])
+        except Exception as exc:
+            logger.warning("ratchet: tick() failed: %s", exc)
+
+    def _heartbeat_loop(self) -> None:
+        interval = self.lease / 3
+        while not self._done.wait(interval):
+            if self.running_count == 0:
+                continue
+            try:
+                self.app._db.fetchone(_db.HEARTBEAT, (self.worker_id, self.lease))
+            except Exception as exc:
+                logger.warning("ratchet: heartbeat failed: %s", exc)
+
+    def _shutdown(self) -> None:
+        deadline = time.monotonic() + self.grace_period
+        if self.running_count:
+            logger.info("ratchet: waiting up to %.0f s for %d running workflow(s)",
+                        self.grace_period, self.running_count)
+        while self.running_count and time.monotonic() < deadline and not self._force.is_set():
+            self._wake.wait(0.05)
+            self._wake.clear()
+        with self._lock:
+            left = list(self._active.values())
+        for ctx in left:
+            _runtime.release(ctx, "worker shutting down")

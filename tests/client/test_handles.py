@@ -1,0 +1,167 @@
+"""Starting workflows, start options, and handles."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+import ratchet
+
+
+def test_start_with_an_existing_id_returns_that_workflow(app, conn):
+    @app.workflow()
+    def flow(x: int) -> int:
+        return x
+
+    h1 = app.start(flow, 1, workflow_id="order-7")
+    h2 = app.start(flow, 2, workflow_id="order-7")
+    assert h1.workflow_id == h2.workflow_id == "order-7"
+    rows = conn.execute("select input from ratchet.workflows").fetchall()
+    assert rows == [{"input": {"args": [1], "kwargs": {}}}]
+
+
+def test_start_options_are_stored(app, conn):
+    app.create_queue("slow")
+
+    @app.workflow(queue="slow", max_attempts=3)
+    def flow() -> None:
+        return None
+
+    h = app.start(flow, priority=5, timeout=60, delay=timedelta(minutes=10))
+    wf = h.info()
+    assert wf["queue"] == "slow" and wf["priority"] == 5 and wf["max_attempts"] == 3
+    assert wf["status"] == "enqueued"
+    row = conn.execute("select start_at - now() > interval '9 minutes' as later, "
+                       "deadline - created_at as timeout from ratchet.workflows").fetchone()
+    assert row["later"] and row["timeout"] == timedelta(seconds=60)
+
+    at = datetime(2031, 1, 1, tzinfo=timezone.utc)
+    h2 = app.start(flow, start_at=at, queue="default")
+    assert h2.info()["start_at"] == at and h2.info()["queue"] == "default"
+
+
+def test_dedup_key_conflict(app):
+    @app.workflow()
+    def flow() -> None:
+        return None
+
+    app.start(flow, dedup_key="user-1")
+    with pytest.raises(ratchet.DuplicateDedupKey):
+        app.start(flow, dedup_key="user-1")
+
+
+def test_unknown_queue_is_invalid(app):
+    @app.workflow()
+    def flow() -> None:
+        return None
+
+    with pytest.raises(ratchet.InvalidArgument):
+        app.start(flow, queue="nope")
+
+
+def test_result_timeout_and_status(app):
+    @app.workflow()
+    def flow() -> None:
+        return None
+
+    h = app.start(flow)
+    assert h.status() == "enqueued"
+    with pytest.raises(TimeoutError):
+        h.result(timeout=0.3)
+
+
+def test_cancel_then_result_raises_cancelled_and_resume(app, run_worker):
+    @app.workflow()
+    def flow() -> str:
+        return "done"
+
+    h = app.start(flow)
+    assert h.cancel() == 1
+    with pytest.raises(ratchet.WorkflowCancelled):
+        h.result(timeout=5)
+    h.resume()
+    run_worker()
+    assert h.result(timeout=10) == "done"
+
+
+def test_retrieve(app):
+    @app.workflow()
+    def flow() -> int:
+        return 5
+
+    with pytest.raises(ratchet.WorkflowNotFound):
+        app.retrieve("no-such-workflow")
+    h = app.start(flow)
+    assert app.retrieve(h.workflow_id).status() == "enqueued"
+
+
+def test_start_by_name_and_sql_started_inputs(app, conn, run_worker):
+    @app.workflow(name="greet")
+    def greet(name: str, punctuation: str = "!") -> str:
+        return f"hello {name}{punctuation}"
+
+    h = app.start("greet", "ann")
+    wid = conn.execute("select ratchet.start_workflow('greet', "
+                       "input => '{\"name\": \"bob\", \"punctuation\": \"?\"}') as id"
+                       ).fetchone()["id"]
+    run_worker()
+    assert h.result(timeout=10) == "hello ann!"
+    assert app.retrieve(wid).result(timeout=10) == "hello bob?"
+
+
+def test_unknown_workflow_name_fails_the_attempt(app, conn, run_worker):
+    h = app.start("not_registered_anywhere", max_attempts=1)
+    run_worker()
+    with pytest.raises(ratchet.WorkflowFailed) as err:
+        h.result(timeout=10)
+    assert err.value.type == "UnknownWorkflow"
+
+
+def test_fork_reruns_from_a_step(app, run_worker):
+    calls: list[str] = []
+
+    @app.step()
+    def a() -> str:
+        calls.append("a")
+        return "a"
+
+    @app.step()
+    def b() -> str:
+        calls.append("b")
+        return "b"
+
+    @app.workflow()
+    def flow() -> str:
+        return a() + b()
+
+    h = app.start(flow)
+    run_worker()
+    assert h.result(timeout=10) == "ab"
+    forked = app.fork(h.workflow_id, from_step=1)
+    assert forked.result(timeout=10) == "ab"
+    assert calls == ["a", "b", "b"]
+
+
+def test_handle_steps_and_info(app):
+    @app.step()
+    def one() -> int:
+        return 1
+
+    @app.workflow()
+    def flow() -> int:
+        return one()
+
+    assert flow() == 1
+    h = app.retrieve(last_workflow_id(app))
+    assert h.status() == "succeeded"
+    assert [s["name"] for s in h.steps()] == ["one"]
+    assert h.info()["output"] == 1
+
+
+def last_workflow_id(app: ratchet.App) -> str:
+    with app.connection() as c:
+        row: Any = c.execute("select workflow_id from ratchet.workflows "
+                             "order by created_at desc limit 1").fetchone()
+    return str(row[0])
