@@ -30,7 +30,10 @@ CASES: list[tuple[str, str]] = [
     (f"select ratchet.start_workflow('wf', input => {BIG})", "RT005"),
     ("select ratchet.start_workflows('wf', NULL)", "RT005"),
     ("select ratchet.start_workflows('wf', array[NULL]::jsonb[])", "RT005"),
-    ("select ratchet.start_workflows('wf', array['{{}}']::jsonb[], workflow_ids => array['a','b'])", "RT005"),
+    (
+        "select ratchet.start_workflows('wf', array['{{}}']::jsonb[], workflow_ids => array['a','b'])",
+        "RT005",
+    ),
     ("select ratchet.get_workflow('ghost')", "RT004"),
     ("select ratchet.get_steps('ghost')", "RT004"),
     ("select ratchet.wait_result('ghost', '0')", "RT004"),
@@ -86,7 +89,9 @@ CASES: list[tuple[str, str]] = [
 
 
 @pytest.mark.parametrize(("call", "code"), CASES, ids=[c[0][15:70] for c in CASES])
-def test_bad_input_is_a_clear_rt_error_and_changes_nothing(conn: Conn, call: str, code: str) -> None:
+def test_bad_input_is_a_clear_rt_error_and_changes_nothing(
+    conn: Conn, call: str, code: str
+) -> None:
     wid = start(conn, "wf", workflow_id="victim")
     [c] = claim(conn)
     before = conn.execute(

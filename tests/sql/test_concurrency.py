@@ -104,7 +104,7 @@ def test_two_runs_racing_on_one_step_leave_exactly_one_checkpoint(conn: Conn, co
         [new] = claim(b, worker="b")
         runs = {"a": (a, old["run_id"]), "b": (b, new["run_id"])}
 
-        def write(i: int) -> str:
+        def write(i: int, runs: dict[str, Any] = runs, wid: str = wid) -> str:
             who = "ab"[i]
             session, run_id = runs[who]
             try:
@@ -118,13 +118,17 @@ def test_two_runs_racing_on_one_step_leave_exactly_one_checkpoint(conn: Conn, co
 
         outcome = run_parallel(2, write)
         assert outcome == ["RT002", "ok"], outcome
-        steps = conn.execute("select output from ratchet.steps where workflow_id = %s", [wid]).fetchall()
+        steps = conn.execute(
+            "select output from ratchet.steps where workflow_id = %s", [wid]
+        ).fetchall()
         assert steps == [{"output": "b"}]
         a.close()
         b.close()
 
 
-def test_step_write_waits_for_a_concurrent_reclaim_and_is_then_fenced(conn: Conn, connect: Any) -> None:
+def test_step_write_waits_for_a_concurrent_reclaim_and_is_then_fenced(
+    conn: Conn, connect: Any
+) -> None:
     """The old run's transaction holds the row; the reclaim commits after it or fences it."""
     wid = start(conn, "wf")
     old_session, thief = connect(), connect()
@@ -138,13 +142,16 @@ def test_step_write_waits_for_a_concurrent_reclaim_and_is_then_fenced(conn: Conn
 
     def old_writes() -> None:
         try:
-            old_session.execute("select ratchet.record_step(%s, %s, 0, 's', '1')", [wid, old["run_id"]])
+            old_session.execute(
+                "select ratchet.record_step(%s, %s, 0, 's', '1')", [wid, old["run_id"]]
+            )
             result["old"] = "ok"
         except psycopg.Error as exc:
             result["old"] = exc.sqlstate or "?"
 
     t = threading.Thread(target=old_writes)
     t.start()
+
     # the old run's write must block on the thief's row lock until it commits
     def old_write_is_waiting() -> bool:
         row = conn.execute(
@@ -167,7 +174,11 @@ def test_concurrent_ticks_start_each_firing_once(conn: Conn, connect: Any) -> No
     for s in sessions:
         set_now(s, "2099-01-01 00:00:30Z")
 
-    started = run_parallel(6, lambda i: sessions[i].execute("select ratchet.tick() as n").fetchone()["n"])
+    started = run_parallel(
+        6, lambda i: sessions[i].execute("select ratchet.tick() as n").fetchone()["n"]
+    )
     assert sum(started) == 1
-    rows = conn.execute("select workflow_id from ratchet.workflows where name = 'report'").fetchall()
+    rows = conn.execute(
+        "select workflow_id from ratchet.workflows where name = 'report'"
+    ).fetchall()
     assert rows == [{"workflow_id": "schedule:every-minute:2099-01-01T00:00Z"}]

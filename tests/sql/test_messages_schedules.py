@@ -14,7 +14,9 @@ T0 = "2030-01-01 00:00:00Z"
 def test_recv_consumes_one_message_and_checkpoints_it(conn: Conn) -> None:
     wid = start(conn, "wf")
     [c] = claim(conn)
-    assert conn.execute("select ratchet.recv(%s, %s, 0) as m", [wid, c["run_id"]]).fetchone() == {"m": None}
+    assert conn.execute("select ratchet.recv(%s, %s, 0) as m", [wid, c["run_id"]]).fetchone() == {
+        "m": None
+    }
     assert conn.execute("select count(*) as n from ratchet.steps").fetchone() == {"n": 0}
     conn.execute("select ratchet.send(%s, '{\"n\": 1}')", [wid])
     conn.execute("select ratchet.send(%s, '{\"n\": 2}')", [wid])
@@ -25,7 +27,9 @@ def test_recv_consumes_one_message_and_checkpoints_it(conn: Conn) -> None:
     assert step == {"name": "recv", "output": {"n": 1}}
     with raises_sqlstate("RT003"):
         conn.execute("select ratchet.recv(%s, %s, 0)", [wid, c["run_id"]])
-    got2 = conn.execute("select ratchet.recv(%s, %s, 1, topic => 'other') as m", [wid, c["run_id"]]).fetchone()
+    got2 = conn.execute(
+        "select ratchet.recv(%s, %s, 1, topic => 'other') as m", [wid, c["run_id"]]
+    ).fetchone()
     assert got2 == {"m": {"n": 3}}
     pending = conn.execute(
         "select message from ratchet.messages where consumed_at is null"
@@ -97,12 +101,16 @@ def test_suspend_for_a_message_already_waiting_wakes_at_once(conn: Conn) -> None
 def test_events_latest_value_wins(conn: Conn, connect: Any) -> None:
     wid = start(conn, "wf")
     [c] = claim(conn)
-    assert conn.execute("select ratchet.get_event(%s, 'progress') as v", [wid]).fetchone() == {"v": None}
+    assert conn.execute("select ratchet.get_event(%s, 'progress') as v", [wid]).fetchone() == {
+        "v": None
+    }
     listener = connect()
     listener.execute('listen "ratchet.event"')
     conn.execute("select ratchet.set_event(%s, %s, 0, 'progress', '10')", [wid, c["run_id"]])
     conn.execute("select ratchet.set_event(%s, %s, 1, 'progress', '90')", [wid, c["run_id"]])
-    assert conn.execute("select ratchet.get_event(%s, 'progress') as v", [wid]).fetchone() == {"v": 90}
+    assert conn.execute("select ratchet.get_event(%s, 'progress') as v", [wid]).fetchone() == {
+        "v": 90
+    }
     notes = list(listener.notifies(timeout=5, stop_after=1))
     assert notes[0].payload == wid
     steps = conn.execute("select name, output from ratchet.steps order by step_id").fetchall()
@@ -125,7 +133,9 @@ def test_tick_starts_due_firing_once_and_moves_on(conn: Conn) -> None:
     assert conn.execute("select ratchet.tick() as n").fetchone() == {"n": 1}
     assert conn.execute("select ratchet.tick() as n").fetchone() == {"n": 0}
     wf = conn.execute("select workflow_id, name, input from ratchet.workflows").fetchall()
-    assert wf == [{"workflow_id": "schedule:nightly:2030-01-01T03:00Z", "name": "report", "input": {"k": 1}}]
+    assert wf == [
+        {"workflow_id": "schedule:nightly:2030-01-01T03:00Z", "name": "report", "input": {"k": 1}}
+    ]
     nxt = conn.execute("select next_fire_at from ratchet.schedules").fetchone()
     assert nxt is not None and nxt["next_fire_at"].isoformat().startswith("2030-01-02T03:00")
 
@@ -147,6 +157,8 @@ def test_schedule_rejects_bad_cron_and_unschedule(conn: Conn) -> None:
     with raises_sqlstate("RT005"):
         conn.execute("select ratchet.schedule('x', '* * * * *', 'report', timezone => 'Mars/Base')")
     conn.execute("select ratchet.schedule('x', '*/5 * * * *', 'report')")
-    assert [r["name"] for r in conn.execute("select * from ratchet.list_schedules()").fetchall()] == ["x"]
+    assert [
+        r["name"] for r in conn.execute("select * from ratchet.list_schedules()").fetchall()
+    ] == ["x"]
     assert conn.execute("select ratchet.unschedule('x') as ok").fetchone() == {"ok": True}
     assert conn.execute("select ratchet.unschedule('x') as ok").fetchone() == {"ok": False}

@@ -68,15 +68,23 @@ def test_no_public_execute_and_roles_get_only_their_share(conn: Conn, dsn: str) 
     wid = start(conn, "wf")
 
     def as_role(role: str) -> Conn:
-        return psycopg.connect(dsn, user=f"rt_{role}_{suffix}", autocommit=True, row_factory=dict_row)
+        return psycopg.connect(
+            dsn, user=f"rt_{role}_{suffix}", autocommit=True, row_factory=dict_row
+        )
 
     with as_role("client") as client, as_role("worker") as worker, as_role("nobody") as nobody:
-        assert client.execute("select ratchet.start_workflow('wf') is not null as ok").fetchone() == {"ok": True}
-        assert client.execute("select count(*) > 0 as ok from ratchet.workflows").fetchone() == {"ok": True}
+        assert client.execute(
+            "select ratchet.start_workflow('wf') is not null as ok"
+        ).fetchone() == {"ok": True}
+        assert client.execute("select count(*) > 0 as ok from ratchet.workflows").fetchone() == {
+            "ok": True
+        }
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             client.execute("select * from ratchet.claim(array['default'], 'w')")
         [c] = claim(worker, worker="w", n=1)
-        worker.execute("select ratchet.record_step(%s, %s, 0, 's', '1')", [c["workflow_id"], c["run_id"]])
+        worker.execute(
+            "select ratchet.record_step(%s, %s, 0, 's', '1')", [c["workflow_id"], c["run_id"]]
+        )
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             worker.execute("select ratchet.cancel(%s)", [wid])
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -91,7 +99,9 @@ def test_built_scripts_match_the_sources(tmp_path: Path) -> None:
     sources = sorted(str(p) for p in (ROOT / "sql").glob("[0-9]*.sql"))
     for kind, name in (("extension", "ratchet--0.1.0.sql"), ("plain", "ratchet.sql")):
         out = tmp_path / name
-        subprocess.run(["sh", str(ROOT / "sql" / "build.sh"), kind, "0.1.0", str(out), *sources], check=True)
+        subprocess.run(
+            ["sh", str(ROOT / "sql" / "build.sh"), kind, "0.1.0", str(out), *sources], check=True
+        )
         assert out.read_text() == (SQL_OUT / name).read_text(), f"{name} is stale: run `make sql`"
 
 
@@ -133,7 +143,9 @@ def catalog_shape(dsn: str) -> dict[str, list[str]]:
     }
 
 
-def test_plain_install_matches_create_extension(fresh_db: Callable[[], str], ratchet_install_mode: str) -> None:
+def test_plain_install_matches_create_extension(
+    fresh_db: Callable[[], str], ratchet_install_mode: str
+) -> None:
     if ratchet_install_mode != "extension":
         pytest.skip("the extension files are not installed in this server (run `make install`)")
     ext, plain = fresh_db(), fresh_db()
@@ -146,17 +158,23 @@ def test_plain_install_matches_create_extension(fresh_db: Callable[[], str], rat
     assert catalog_shape(ext) == catalog_shape(plain)
 
 
-def test_pg_dump_keeps_workflow_data(fresh_db: Callable[[], str], pg_server: Any, ratchet_install_mode: str) -> None:
+def test_pg_dump_keeps_workflow_data(
+    fresh_db: Callable[[], str], pg_server: Any, ratchet_install_mode: str
+) -> None:
     if ratchet_install_mode != "extension":
         pytest.skip("the extension files are not installed in this server (run `make install`)")
     db = fresh_db()
     with psycopg.connect(db, autocommit=True) as c:
         c.execute("create extension ratchet")
         c.execute("select ratchet.create_queue('mine')")
-        c.execute("select ratchet.start_workflow('dumped', workflow_id => 'keep-me', queue => 'mine')")
+        c.execute(
+            "select ratchet.start_workflow('dumped', workflow_id => 'keep-me', queue => 'mine')"
+        )
     dump = subprocess.run(
         [str(pg_server.bindir / "pg_dump"), "--data-only", "-d", db],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "keep-me" in dump
     assert "mine" in dump

@@ -107,7 +107,9 @@ def test_global_concurrency_limit(conn: Conn) -> None:
     running = conn.execute(
         "select workflow_id, run_id from ratchet.workflows where status = 'running'"
     ).fetchall()
-    conn.execute("select ratchet.finish(%s, %s, 'null')", [running[0]["workflow_id"], running[0]["run_id"]])
+    conn.execute(
+        "select ratchet.finish(%s, %s, 'null')", [running[0]["workflow_id"], running[0]["run_id"]]
+    )
     assert len(claim(conn, ["q"], "b", 10)) == 1
 
 

@@ -33,9 +33,16 @@ def test_record_step_and_finish(conn: Conn) -> None:
     record(conn, wid, c["run_id"], 1, "charge", "r-1")
     conn.execute("select ratchet.finish(%s, %s, '\"done\"')", [wid, c["run_id"]])
     w = wf(conn, wid)
-    assert (w["status"], w["output"], w["run_id"], w["worker_id"]) == ("succeeded", "done", None, None)
+    assert (w["status"], w["output"], w["run_id"], w["worker_id"]) == (
+        "succeeded",
+        "done",
+        None,
+        None,
+    )
     assert w["ended_at"] is not None
-    steps = conn.execute("select step_id, name, output, run_id from ratchet.get_steps(%s)", [wid]).fetchall()
+    steps = conn.execute(
+        "select step_id, name, output, run_id from ratchet.get_steps(%s)", [wid]
+    ).fetchall()
     assert steps == [
         {"step_id": 0, "name": "reserve", "output": {"ok": True}, "run_id": c["run_id"]},
         {"step_id": 1, "name": "charge", "output": "r-1", "run_id": c["run_id"]},
@@ -126,7 +133,7 @@ def test_fail_without_retry_ends_failed(conn: Conn) -> None:
     wid = start(conn, "wf")
     [c] = claim(conn)
     status = conn.execute(
-        "select ratchet.fail(%s, %s, '{\"type\": \"ValueError\", \"message\": \"bad\"}') as s",
+        'select ratchet.fail(%s, %s, \'{"type": "ValueError", "message": "bad"}\') as s',
         [wid, c["run_id"]],
     ).fetchone()
     assert status == {"s": "failed"}
@@ -244,7 +251,9 @@ def test_fork_keeps_steps_before_from_step(conn: Conn) -> None:
     for i in range(3):
         record(conn, wid, c["run_id"], i, f"s{i}", i)
     conn.execute("select ratchet.finish(%s, %s, '3')", [wid, c["run_id"]])
-    new = conn.execute("select ratchet.fork(%s, from_step => 2, new_workflow_id => 'f1') as id", [wid]).fetchone()
+    new = conn.execute(
+        "select ratchet.fork(%s, from_step => 2, new_workflow_id => 'f1') as id", [wid]
+    ).fetchone()
     assert new == {"id": "f1"}
     w = wf(conn, "f1")
     assert (w["status"], w["input"], w["forked_from"]) == ("enqueued", {"x": 1}, wid)
