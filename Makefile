@@ -20,7 +20,8 @@ PG_CONFIG  ?= pg_config
 # so a fresh clone needs no manual pip step (and no root for pip).
 SYSTEM_PYTHON ?= python3
 VENV       ?= .venv
-PYTHON     ?= $(VENV)/bin/python
+# (not PYTHON: PGXS defines that one)
+PY         := $(VENV)/bin/python
 
 DATA = $(EXT_SCRIPT) $(UPGRADES)
 PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
@@ -53,24 +54,24 @@ deps: $(VENV)/.installed ## Create .venv with the client and its test tools (edi
 
 $(VENV)/.installed: pyproject.toml
 	$(SYSTEM_PYTHON) -m venv $(VENV)
-	$(PYTHON) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $@
 
 test: sql deps ## Run the whole test suite against a throwaway PostgreSQL
-	$(PYTHON) tests/run.py
+	$(PY) tests/run.py
 
 test-fast: sql deps ## Run the suite without the slow chaos and crash tests
-	$(PYTHON) tests/run.py -m "not slow"
+	$(PY) tests/run.py -m "not slow"
 
 lint: deps ## ruff and mypy on the Python client
-	$(PYTHON) -m ruff check python_client tests bench examples
-	$(PYTHON) -m mypy python_client/ratchet
+	$(PY) -m ruff check python_client tests bench examples
+	$(PY) -m mypy python_client/ratchet
 
 chaos: sql deps ## Long chaos run: thousands of workflows under injected faults
-	$(PYTHON) -m tests.chaos.harness --workflows 3000 --workers 4 --seed $${SEED:-1}
+	$(PY) -m tests.chaos.harness --workflows 3000 --workers 4 --seed $${SEED:-1}
 
 bench: sql deps ## Benchmarks; writes docs/benchmarks.md
-	$(PYTHON) bench/run.py --out docs/benchmarks.md
+	$(PY) bench/run.py --out docs/benchmarks.md
 
 demo: sql deps ## The demo: crash a worker mid-workflow and watch it recover
-	$(PYTHON) -m ratchet demo
+	$(PY) -m ratchet demo

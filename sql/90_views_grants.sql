@@ -62,7 +62,7 @@ grant execute on function
 grant execute on function
   ratchet.claim(text[], text, int, interval),
   ratchet.claim_workflow(text, text, interval),
-  ratchet.heartbeat(text, interval),
+  ratchet.heartbeat(text, interval, text[]),
   ratchet.record_step(text, bigint, int, text, jsonb, jsonb),
   ratchet.finish(text, bigint, jsonb),
   ratchet.fail(text, bigint, jsonb, interval),

@@ -19,6 +19,7 @@ import psycopg
 from . import _db, _runtime
 from ._context import WorkflowContext, active_workflow
 from ._db import Database
+from ._errors import connection_lost
 from ._json import dumps, encode_input
 from ._listener import Listener
 from ._middleware import Middleware, MiddlewareChain
@@ -181,6 +182,8 @@ class Transaction(StepBase, Generic[P, R]):
                             result = self.fn(cur, *args, **kwargs)
                             output = dumps(result, f"the result of step {self.name!r}")
                         except Exception as exc:
+                            if connection_lost(exc):
+                                raise  # not the step's failure: the run stops, see below
                             raise _UserFailure(exc) from exc
                     # The checkpoint, in the same transaction: RT002/RT006 here
                     # roll back everything the function did.
@@ -188,6 +191,14 @@ class Transaction(StepBase, Generic[P, R]):
                                                self.name, output, None), conn=conn)
         except _UserFailure as failure:
             raise failure.exc from None
+        except psycopg.Error as exc:
+            if not connection_lost(exc):
+                raise
+            # The connection died (terminated backend, server restart) in the
+            # function or at COMMIT. Nothing, or all of it with its checkpoint,
+            # was committed; either way the run stops and is released, and the
+            # next run replays the step or runs it again. Never a step failure.
+            raise ctx.run_error(exc) from exc
         return Checkpointed(json.loads(output))
 
     def __repr__(self) -> str:
@@ -296,7 +307,8 @@ class _LocalRunner:
                     self._thread = None
                     return
             try:
-                self.app._db.fetchone(_db.HEARTBEAT, (self.worker_id, self.lease))
+                # every run of this app's in-process worker id (direct calls)
+                self.app._db.fetchone(_db.HEARTBEAT, (self.worker_id, self.lease, None))
             except Exception as exc:
                 logger.warning("ratchet: heartbeat failed: %s", exc)
 
@@ -564,7 +576,16 @@ class App:
         ctx = active_workflow()
         if ctx is not None:
             return _runtime.start_child(ctx, name, params)
-        row = self._db.fetchone(_db.START, params)
+        # The id is chosen here, not by the server, so that a start whose reply
+        # was lost with its connection can be sent again: the id is the
+        # idempotency key, and the second call returns the first workflow.
+        params["workflow_id"] = workflow_id or str(uuid.uuid4())
+        try:
+            row = self._db.fetchone(_db.START, params)
+        except psycopg.Error as exc:
+            if not connection_lost(exc):
+                raise
+            row = self._db.fetchone(_db.START, params)
         assert row is not None
         return str(row["workflow_id"])
 

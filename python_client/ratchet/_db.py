@@ -22,7 +22,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg.types.datetime import TimestamptzLoader
 from psycopg_pool import ConnectionPool
 
-from ._errors import translate
+from ._errors import connection_lost, translate
 
 logger = logging.getLogger("ratchet")
 
@@ -66,7 +66,7 @@ CLAIM_WORKFLOW = f"""select {_CLAIMED_COLUMNS} from ratchet.claim_workflow(
   workflow_id => %(workflow_id)s::text, worker_id => %(worker_id)s::text,
   lease => %(lease)s::float8 * interval '1 second')"""
 HEARTBEAT = ("select ratchet.heartbeat(worker_id => %s::text, "
-             "lease => %s::float8 * interval '1 second') as renewed")
+             "lease => %s::float8 * interval '1 second', workflow_ids => %s::text[]) as renewed")
 TICK = "select ratchet.tick() as started"
 
 RECORD_STEP = """select ratchet.record_step(
@@ -218,14 +218,30 @@ class Database:
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
         """Borrow a pooled (autocommit) connection."""
-        with self.pool.connection() as conn:
-            yield conn
+        try:
+            with self.pool.connection() as conn:
+                yield conn
+        except psycopg.Error as exc:
+            self.recover(exc)
+            raise
+
+    def recover(self, exc: BaseException) -> None:
+        """After an error that lost its connection (server restart, terminated
+        backend), check the pool's idle connections so that the next callers get
+        live ones instead of failing one by one on stale sockets."""
+        pool = self._pool
+        if pool is None or not connection_lost(exc):
+            return
+        try:
+            pool.check()
+        except Exception as check_exc:  # the server may still be down: next use retries
+            logger.debug("ratchet: pool check failed: %s", check_exc)
 
     def fetchone(self, query: str, params: Any = None) -> DictRow | None:
         """Run one statement and return its first row as a dict; RT errors become
         Ratchet exceptions."""
         try:
-            with self.pool.connection() as conn:
+            with self.connection() as conn:
                 return self.run(conn, query, params).fetchone()
         except psycopg.Error as exc:
             mapped = translate(exc)
@@ -237,7 +253,7 @@ class Database:
         """Run one statement and return all rows as dicts; RT errors become Ratchet
         exceptions."""
         try:
-            with self.pool.connection() as conn:
+            with self.connection() as conn:
                 return self.run(conn, query, params).fetchall()
         except psycopg.Error as exc:
             mapped = translate(exc)

@@ -180,6 +180,17 @@ def sqlstate(exc: BaseException) -> str | None:
     return None
 
 
+def connection_lost(exc: BaseException) -> bool:
+    """Whether a database error means the connection itself is gone (server
+    restart, terminated backend, network) rather than a failed statement."""
+    if not isinstance(exc, psycopg.Error):
+        return False
+    state = exc.sqlstate
+    if state is None:
+        return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+    return state.startswith(("08", "57P"))
+
+
 def describe_db_error(exc: psycopg.Error) -> str:
     """The primary message of a database error with its hint, on one line."""
     diag = exc.diag

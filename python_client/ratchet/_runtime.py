@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import psycopg
+
 from . import _db
 from ._context import StepContext, WorkflowContext, active_workflow, current_step, current_workflow
 from ._errors import (
@@ -395,7 +397,10 @@ def get_event(workflow_id: str, key: str, timeout: float | None = 60.0) -> Any:
     rec = ctx.lookup(step_id, "get_event")
     if rec is not None:
         return rec.get("output")
-    value = read_event(ctx.app, workflow_id, key, timeout)
+    try:
+        value = read_event(ctx.app, workflow_id, key, timeout)
+    except psycopg.Error as exc:
+        raise ctx.run_error(exc) from exc
     ctx.call(_db.RECORD_STEP, (ctx.workflow_id, ctx.run_id, step_id, "get_event",
                                dumps(value, "event value"), None))
     return value
@@ -566,8 +571,11 @@ def run_directly(app: App, workflow_id: str, worker_id: str, lease: float) -> An
 def nested_run(parent: WorkflowContext, workflow_id: str) -> None:
     """Run a child started by a direct call inside a workflow in this thread,
     under the parent's worker (whose heartbeat renews its lease too)."""
-    rows = parent.app._db.fetchall(_db.CLAIM_WORKFLOW, {
-        "workflow_id": workflow_id, "worker_id": parent.worker_id, "lease": parent.lease})
+    try:
+        rows = parent.app._db.fetchall(_db.CLAIM_WORKFLOW, {
+            "workflow_id": workflow_id, "worker_id": parent.worker_id, "lease": parent.lease})
+    except psycopg.Error as exc:  # e.g. a lost connection: stops the parent's run, not fails it
+        raise parent.run_error(exc) from exc
     for row in rows:
         run_workflow(WorkflowContext.from_claim(parent.app, dict(row), parent.worker_id,
                                                 parent.lease))

@@ -71,6 +71,7 @@ class Worker:
         self._force = threading.Event()
         self._done = threading.Event()
         self._started = threading.Event()
+        self._claim_backoff = 0.0
         #: counts of outcomes, for tests and curiosity
         self.outcomes: dict[str, int] = {}
 
@@ -165,9 +166,14 @@ class Worker:
                 "queues": self.queues, "worker_id": self.worker_id, "max_count": count,
                 "lease": self.lease})
         except Exception as exc:
-            logger.warning("ratchet: claim failed: %s", exc)
-            self._stopping.wait(self.poll_interval)
+            # Back off from 50 ms up to the poll interval while the database is
+            # unreachable; the pool has already dropped connections it lost.
+            self._claim_backoff = min(self.poll_interval, max(0.05, self._claim_backoff * 2))
+            logger.warning("ratchet: claim failed (retrying in %.2f s): %s",
+                           self._claim_backoff, exc)
+            self._stopping.wait(self._claim_backoff)
             return 0
+        self._claim_backoff = 0.0
         for row in rows:
             ctx = WorkflowContext.from_claim(self.app, dict(row), self.worker_id, self.lease)
             with self._lock:
@@ -203,10 +209,12 @@ class Worker:
     def _heartbeat_loop(self) -> None:
         interval = self.lease / 3
         while not self._done.wait(interval):
-            if self.running_count == 0:
+            with self._lock:
+                running = list(self._active)
+            if not running:
                 continue
             try:
-                self.app._db.fetchone(_db.HEARTBEAT, (self.worker_id, self.lease))
+                self.app._db.fetchone(_db.HEARTBEAT, (self.worker_id, self.lease, running))
             except Exception as exc:
                 logger.warning("ratchet: heartbeat failed: %s", exc)
 

@@ -1093,9 +1093,16 @@ $$;
 comment on function ratchet.claim_workflow(text, text, interval) is
   'Claim one given workflow if it is claimable now (bypasses queue limits); no row if not.';
 
--- heartbeat: renew the leases of all of a worker's runs in one statement.
--- Runs past their deadline are cancelled instead of renewed.
-create function ratchet.heartbeat(worker_id text, lease interval default interval '30 seconds')
+-- heartbeat: renew the leases of a worker's runs in one statement. Runs past
+-- their deadline are cancelled instead of renewed. A worker should pass the
+-- workflow_ids it is actually running: a claim whose reply was lost (the
+-- connection died after the commit) must not be kept alive by heartbeats of a
+-- worker that never heard of it; its lease then expires and another worker
+-- recovers it. NULL renews every run of worker_id.
+create function ratchet.heartbeat(
+  worker_id    text,
+  lease        interval default interval '30 seconds',
+  workflow_ids text[] default null)
 returns int
 language plpgsql
 security definer
@@ -1103,8 +1110,9 @@ set search_path = pg_catalog, pg_temp
 as $$
 #variable_conflict use_column
 declare
-  p_worker_id alias for $1;
-  p_lease     alias for $2;
+  p_worker_id    alias for $1;
+  p_lease        alias for $2;
+  p_workflow_ids alias for $3;
   v_now   timestamptz := ratchet.now();
   v_count int;
 begin
@@ -1112,14 +1120,16 @@ begin
   perform ratchet._expire_deadlines('{}', p_worker_id, v_now);
   update ratchet.workflows w
      set lease_expires_at = v_now + p_lease, updated_at = v_now
-   where w.worker_id = p_worker_id and w.status = 'running';
+   where w.worker_id = p_worker_id and w.status = 'running'
+     and (p_workflow_ids is null or w.workflow_id = any(p_workflow_ids));
   get diagnostics v_count = row_count;
   return v_count;
 end;
 $$;
 
-comment on function ratchet.heartbeat(text, interval) is
-  'Renew the leases of all running workflows of worker_id; returns how many.';
+comment on function ratchet.heartbeat(text, interval, text[]) is
+  'Renew the leases of worker_id''s running workflows (only workflow_ids when given); '
+  'returns how many were renewed.';
 
 -- ==== 50_runs.sql ====
 -- What a worker writes while it runs a workflow: step checkpoints, the end of
@@ -2591,7 +2601,7 @@ grant execute on function
 grant execute on function
   ratchet.claim(text[], text, int, interval),
   ratchet.claim_workflow(text, text, interval),
-  ratchet.heartbeat(text, interval),
+  ratchet.heartbeat(text, interval, text[]),
   ratchet.record_step(text, bigint, int, text, jsonb, jsonb),
   ratchet.finish(text, bigint, jsonb),
   ratchet.fail(text, bigint, jsonb, interval),
