@@ -8,7 +8,7 @@
  *
  *  - claims batches with `ratchet.claim(queues, worker_id, max_count, lease)`,
  *    waking on `LISTEN "ratchet.queue.<queue>"` and polling as a fallback;
- *  - renews leases with `ratchet.heartbeat(worker_id, lease)` every lease/3;
+ *  - renews leases with `ratchet.heartbeat(worker_id, lease, workflow_ids)` every lease/3;
  *  - runs the workflow's JavaScript, numbering steps 0, 1, 2... in call order,
  *    replaying recorded steps from the claimed `steps` array and
  *    checkpointing new ones with `ratchet.record_step` (one round trip each);
@@ -62,7 +62,8 @@ const SQL = Object.freeze({
             from ratchet.claim(queues => $1::text[], worker_id => $2::text,
                                max_count => $3::int, lease => $4::float8 * interval '1 second')`,
   heartbeat: `select ratchet.heartbeat(worker_id => $1::text,
-                                       lease => $2::float8 * interval '1 second') as renewed`,
+                                       lease => $2::float8 * interval '1 second',
+                                       workflow_ids => $3::text[]) as renewed`,
   recordStep: `select ratchet.record_step(workflow_id => $1::text, run_id => $2::bigint,
                                           step_id => $3::int, name => $4::text,
                                           output => $5::jsonb, error => $6::jsonb)`,
@@ -799,7 +800,8 @@ class Worker extends EventEmitter {
     if (this.#heartbeating || this.#active.size === 0) return;
     this.#heartbeating = true;
     try {
-      await this.pool.query(SQL.heartbeat, [this.workerId, this.lease]);
+      // only the runs this worker knows: a claim whose reply was lost must expire
+      await this.pool.query(SQL.heartbeat, [this.workerId, this.lease, [...this.#active.keys()]]);
     } catch (err) {
       this.log.warn(`heartbeat failed: ${err.message}`);
     } finally {
