@@ -26,7 +26,14 @@
 -- Conventions: every function pins search_path = pg_catalog, pg_temp and
 -- qualifies every name; argument names follow the published contract (callers
 -- use named notation), and each body aliases them as p_* so that column names
--- stay unambiguous. Errors use SQLSTATE class RT:
+-- stay unambiguous. On the hot path (start_workflow, claim, record_step,
+-- finish) arguments are validated by inline conditions and the _check_*
+-- helpers are called only to raise the precise error: every nested call of a
+-- function with a SET clause costs a GUC save/restore and a search_path
+-- recomputation, which dominated a step checkpoint before (docs/benchmarks.md).
+-- The same functions run with plan_cache_mode = force_generic_plan: their
+-- statements are index lookups whose plan does not depend on the values,
+-- and custom plans were re-planned on every call. Errors use SQLSTATE class RT:
 --   RT001 duplicate dedup key       RT004 unknown workflow
 --   RT002 stale run / lost lease    RT005 invalid argument
 --   RT003 duplicate step            RT006 workflow cancelled
@@ -43,16 +50,20 @@ comment on function ratchet.version() is
   'The installed Ratchet version (same for CREATE EXTENSION and the plain-SQL install).';
 
 -- ratchet.now(): the only clock the functions read. Tests set the session
--- setting ratchet.fake_now to move time without sleeping.
+-- setting ratchet.fake_now to move time without sleeping. PL/pgSQL, not SQL:
+-- a SQL function with a SET clause is never inlined, and its body is parsed
+-- and planned again in every transaction that calls it (bench/run.py, section 6).
 create function ratchet.now()
 returns timestamptz
-language sql
+language plpgsql
 volatile
 set search_path = pg_catalog, pg_temp
 as $$
-  select coalesce(
+begin
+  return coalesce(
     nullif(pg_catalog.current_setting('ratchet.fake_now', true), '')::timestamptz,
-    pg_catalog.clock_timestamp())
+    pg_catalog.clock_timestamp());
+end;
 $$;
 
 comment on function ratchet.now() is

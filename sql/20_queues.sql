@@ -6,9 +6,13 @@
 
 create function ratchet._wake_queue(p_queue text)
 returns void
-language sql
+language plpgsql
 set search_path = pg_catalog, pg_temp
-as $$ select ratchet._notify('ratchet.queue.' || p_queue, '') $$;
+as $$
+begin
+  perform ratchet._notify('ratchet.queue.' || p_queue, '');
+end;
+$$;
 
 comment on function ratchet._wake_queue(text) is
   'Internal: notify the workers of a queue that work is claimable (channel "ratchet.queue.<queue>").';

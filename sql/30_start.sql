@@ -21,6 +21,7 @@ returns text
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 #variable_conflict use_column
 declare
@@ -40,10 +41,18 @@ declare
   v_inserted text;
   v_existing ratchet.workflows;
 begin
-  perform ratchet._check_name(p_name, 'workflow name');
-  perform ratchet._check_name(v_id, 'workflow_id');
-  perform ratchet._check_queue(p_queue);
-  perform ratchet._check_payload(p_input, 'input');
+  -- Hot path: inline checks; the helpers run only to raise the precise error.
+  if p_name is null or pg_catalog.btrim(p_name) = '' or pg_catalog.length(p_name) > 200
+     or pg_catalog.btrim(v_id) = '' or pg_catalog.length(v_id) > 200 then
+    perform ratchet._check_name(p_name, 'workflow name');
+    perform ratchet._check_name(v_id, 'workflow_id');
+  end if;
+  if not exists (select 1 from ratchet.queues q where q.name = p_queue) then
+    perform ratchet._check_queue(p_queue);
+  end if;
+  if pg_catalog.pg_column_size(p_input) > 1048576 then
+    perform ratchet._check_payload(p_input, 'input');
+  end if;
   if p_input is null then
     perform ratchet._raise('RT005', 'input must not be NULL', 'pass ''{}'' for no input');
   end if;

@@ -195,6 +195,7 @@ returns setof ratchet.claimed
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 #variable_conflict use_column
 declare
@@ -211,7 +212,11 @@ declare
   v_id      text;
   v_taken   int;
 begin
-  perform ratchet._check_lease(p_worker_id, p_lease);
+  -- Hot path: inline checks; the helpers run only to raise the precise error.
+  if p_worker_id is null or pg_catalog.btrim(p_worker_id) = '' or pg_catalog.length(p_worker_id) > 200
+     or p_lease is null or p_lease <= interval '0' or p_lease > interval '1 day' then
+    perform ratchet._check_lease(p_worker_id, p_lease);
+  end if;
   if p_queues is null or coalesce(pg_catalog.array_length(p_queues, 1), 0) = 0 then
     perform ratchet._raise('RT005', 'queues must name at least one queue',
       'e.g. queues => array[''default'']');
@@ -225,7 +230,10 @@ begin
     return;
   end if;
 
-  perform ratchet._expire_deadlines(p_queues, null, v_now);
+  if exists (select 1 from ratchet.workflows w
+              where w.deadline < v_now and w.status in ('enqueued', 'running')) then
+    perform ratchet._expire_deadlines(p_queues, null, v_now);
+  end if;
 
   for v_queue in
     select * from ratchet.queues q where q.name = any(p_queues) and not q.paused order by q.name

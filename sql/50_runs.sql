@@ -42,7 +42,7 @@ begin
                         p_run_id, p_workflow_id, v_wf.status, coalesce(v_wf.run_id::text, 'none')),
       'the lease was lost and the workflow reclaimed, or the run ended; stop running it');
   end if;
-  if v_wf.deadline < ratchet.now() then
+  if v_wf.deadline is not null and v_wf.deadline < ratchet.now() then
     perform ratchet._raise('RT006',
       pg_catalog.format('workflow "%s" passed its deadline (%s)', p_workflow_id, v_wf.deadline),
       'stop running it; the next claim() or heartbeat() cancels it');
@@ -112,6 +112,7 @@ returns void
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 #variable_conflict use_column
 declare
@@ -122,9 +123,15 @@ declare
   p_output      alias for $5;
   p_error       alias for $6;
 begin
-  perform ratchet._check_step_args(p_step_id, p_name);
-  perform ratchet._check_payload(p_output, 'step output');
-  perform ratchet._check_payload(p_error, 'step error');
+  -- Hot path: inline checks; the helpers run only to raise the precise error.
+  if p_step_id is null or p_step_id < 0 or p_name is null or pg_catalog.btrim(p_name) = ''
+     or pg_catalog.length(p_name) > 200 then
+    perform ratchet._check_step_args(p_step_id, p_name);
+  end if;
+  if pg_catalog.pg_column_size(p_output) > 1048576 or pg_catalog.pg_column_size(p_error) > 1048576 then
+    perform ratchet._check_payload(p_output, 'step output');
+    perform ratchet._check_payload(p_error, 'step error');
+  end if;
   perform ratchet._lock_run(p_workflow_id, p_run_id, false);
   perform ratchet._insert_step(p_workflow_id, p_run_id, p_step_id, p_name, p_output, p_error,
                                ratchet.now());
@@ -141,6 +148,7 @@ returns void
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 #variable_conflict use_column
 declare
@@ -150,7 +158,9 @@ declare
   v_now timestamptz := ratchet.now();
   v_wf  ratchet.workflows;
 begin
-  perform ratchet._check_payload(p_output, 'output');
+  if pg_catalog.pg_column_size(p_output) > 1048576 then  -- hot path: see record_step
+    perform ratchet._check_payload(p_output, 'output');
+  end if;
   v_wf := ratchet._lock_run(p_workflow_id, p_run_id, true);
   update ratchet.workflows w
      set status = 'succeeded', output = p_output, error = null, ended_at = v_now,

@@ -32,7 +32,14 @@ CREATE SCHEMA ratchet;
 -- Conventions: every function pins search_path = pg_catalog, pg_temp and
 -- qualifies every name; argument names follow the published contract (callers
 -- use named notation), and each body aliases them as p_* so that column names
--- stay unambiguous. Errors use SQLSTATE class RT:
+-- stay unambiguous. On the hot path (start_workflow, claim, record_step,
+-- finish) arguments are validated by inline conditions and the _check_*
+-- helpers are called only to raise the precise error: every nested call of a
+-- function with a SET clause costs a GUC save/restore and a search_path
+-- recomputation, which dominated a step checkpoint before (docs/benchmarks.md).
+-- The same functions run with plan_cache_mode = force_generic_plan: their
+-- statements are index lookups whose plan does not depend on the values,
+-- and custom plans were re-planned on every call. Errors use SQLSTATE class RT:
 --   RT001 duplicate dedup key       RT004 unknown workflow
 --   RT002 stale run / lost lease    RT005 invalid argument
 --   RT003 duplicate step            RT006 workflow cancelled
@@ -49,16 +56,20 @@ comment on function ratchet.version() is
   'The installed Ratchet version (same for CREATE EXTENSION and the plain-SQL install).';
 
 -- ratchet.now(): the only clock the functions read. Tests set the session
--- setting ratchet.fake_now to move time without sleeping.
+-- setting ratchet.fake_now to move time without sleeping. PL/pgSQL, not SQL:
+-- a SQL function with a SET clause is never inlined, and its body is parsed
+-- and planned again in every transaction that calls it (bench/run.py, section 6).
 create function ratchet.now()
 returns timestamptz
-language sql
+language plpgsql
 volatile
 set search_path = pg_catalog, pg_temp
 as $$
-  select coalesce(
+begin
+  return coalesce(
     nullif(pg_catalog.current_setting('ratchet.fake_now', true), '')::timestamptz,
-    pg_catalog.clock_timestamp())
+    pg_catalog.clock_timestamp());
+end;
 $$;
 
 comment on function ratchet.now() is
@@ -341,9 +352,13 @@ create index schedules_due_idx on ratchet.schedules (next_fire_at);
 
 create function ratchet._wake_queue(p_queue text)
 returns void
-language sql
+language plpgsql
 set search_path = pg_catalog, pg_temp
-as $$ select ratchet._notify('ratchet.queue.' || p_queue, '') $$;
+as $$
+begin
+  perform ratchet._notify('ratchet.queue.' || p_queue, '');
+end;
+$$;
 
 comment on function ratchet._wake_queue(text) is
   'Internal: notify the workers of a queue that work is claimable (channel "ratchet.queue.<queue>").';
@@ -485,6 +500,7 @@ returns text
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 #variable_conflict use_column
 declare
@@ -504,10 +520,18 @@ declare
   v_inserted text;
   v_existing ratchet.workflows;
 begin
-  perform ratchet._check_name(p_name, 'workflow name');
-  perform ratchet._check_name(v_id, 'workflow_id');
-  perform ratchet._check_queue(p_queue);
-  perform ratchet._check_payload(p_input, 'input');
+  -- Hot path: inline checks; the helpers run only to raise the precise error.
+  if p_name is null or pg_catalog.btrim(p_name) = '' or pg_catalog.length(p_name) > 200
+     or pg_catalog.btrim(v_id) = '' or pg_catalog.length(v_id) > 200 then
+    perform ratchet._check_name(p_name, 'workflow name');
+    perform ratchet._check_name(v_id, 'workflow_id');
+  end if;
+  if not exists (select 1 from ratchet.queues q where q.name = p_queue) then
+    perform ratchet._check_queue(p_queue);
+  end if;
+  if pg_catalog.pg_column_size(p_input) > 1048576 then
+    perform ratchet._check_payload(p_input, 'input');
+  end if;
   if p_input is null then
     perform ratchet._raise('RT005', 'input must not be NULL', 'pass ''{}'' for no input');
   end if;
@@ -925,6 +949,7 @@ returns setof ratchet.claimed
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 #variable_conflict use_column
 declare
@@ -941,7 +966,11 @@ declare
   v_id      text;
   v_taken   int;
 begin
-  perform ratchet._check_lease(p_worker_id, p_lease);
+  -- Hot path: inline checks; the helpers run only to raise the precise error.
+  if p_worker_id is null or pg_catalog.btrim(p_worker_id) = '' or pg_catalog.length(p_worker_id) > 200
+     or p_lease is null or p_lease <= interval '0' or p_lease > interval '1 day' then
+    perform ratchet._check_lease(p_worker_id, p_lease);
+  end if;
   if p_queues is null or coalesce(pg_catalog.array_length(p_queues, 1), 0) = 0 then
     perform ratchet._raise('RT005', 'queues must name at least one queue',
       'e.g. queues => array[''default'']');
@@ -955,7 +984,10 @@ begin
     return;
   end if;
 
-  perform ratchet._expire_deadlines(p_queues, null, v_now);
+  if exists (select 1 from ratchet.workflows w
+              where w.deadline < v_now and w.status in ('enqueued', 'running')) then
+    perform ratchet._expire_deadlines(p_queues, null, v_now);
+  end if;
 
   for v_queue in
     select * from ratchet.queues q where q.name = any(p_queues) and not q.paused order by q.name
@@ -1168,7 +1200,7 @@ begin
                         p_run_id, p_workflow_id, v_wf.status, coalesce(v_wf.run_id::text, 'none')),
       'the lease was lost and the workflow reclaimed, or the run ended; stop running it');
   end if;
-  if v_wf.deadline < ratchet.now() then
+  if v_wf.deadline is not null and v_wf.deadline < ratchet.now() then
     perform ratchet._raise('RT006',
       pg_catalog.format('workflow "%s" passed its deadline (%s)', p_workflow_id, v_wf.deadline),
       'stop running it; the next claim() or heartbeat() cancels it');
@@ -1238,6 +1270,7 @@ returns void
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 #variable_conflict use_column
 declare
@@ -1248,9 +1281,15 @@ declare
   p_output      alias for $5;
   p_error       alias for $6;
 begin
-  perform ratchet._check_step_args(p_step_id, p_name);
-  perform ratchet._check_payload(p_output, 'step output');
-  perform ratchet._check_payload(p_error, 'step error');
+  -- Hot path: inline checks; the helpers run only to raise the precise error.
+  if p_step_id is null or p_step_id < 0 or p_name is null or pg_catalog.btrim(p_name) = ''
+     or pg_catalog.length(p_name) > 200 then
+    perform ratchet._check_step_args(p_step_id, p_name);
+  end if;
+  if pg_catalog.pg_column_size(p_output) > 1048576 or pg_catalog.pg_column_size(p_error) > 1048576 then
+    perform ratchet._check_payload(p_output, 'step output');
+    perform ratchet._check_payload(p_error, 'step error');
+  end if;
   perform ratchet._lock_run(p_workflow_id, p_run_id, false);
   perform ratchet._insert_step(p_workflow_id, p_run_id, p_step_id, p_name, p_output, p_error,
                                ratchet.now());
@@ -1267,6 +1306,7 @@ returns void
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 #variable_conflict use_column
 declare
@@ -1276,7 +1316,9 @@ declare
   v_now timestamptz := ratchet.now();
   v_wf  ratchet.workflows;
 begin
-  perform ratchet._check_payload(p_output, 'output');
+  if pg_catalog.pg_column_size(p_output) > 1048576 then  -- hot path: see record_step
+    perform ratchet._check_payload(p_output, 'output');
+  end if;
   v_wf := ratchet._lock_run(p_workflow_id, p_run_id, true);
   update ratchet.workflows w
      set status = 'succeeded', output = p_output, error = null, ended_at = v_now,
