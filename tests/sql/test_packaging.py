@@ -199,13 +199,17 @@ def explain_claim(conn: Conn) -> str:
     return "\n".join(plans)
 
 
-def test_claim_plans_use_indexes_not_seq_scans_over_history(conn: Conn) -> None:
-    # 20k ended workflows of history and a few live ones, statistics up to date
+@pytest.mark.parametrize("bulk", ["succeeded", "enqueued"])
+def test_claim_plans_use_indexes_not_seq_scans(conn: Conn, bulk: str) -> None:
+    # 20k workflows, statistics up to date: ended ones (history) or waiting
+    # ones (a deep queue; generic plans once did a seq scan here), plus a few
+    # started normally.
     conn.execute(
         "insert into ratchet.workflows (workflow_id, name, queue, status, start_at, created_at,"
         " updated_at, ended_at, attempts)"
-        " select 'old-' || i, 'wf', 'default', 'succeeded', now(), now(), now(), now(), 1"
-        "   from generate_series(1, 20000) i"
+        " select 'old-' || i, 'wf', 'default', %s, now(), now(), now(),"
+        "        case when %s = 'succeeded' then now() end, 1"
+        "   from generate_series(1, 20000) i", (bulk, bulk)
     )
     for _ in range(20):
         start(conn, "wf")
