@@ -135,6 +135,29 @@ class _Waiter:
         self.thread.join(timeout=5)
         self.conn.close()
 
+    def time_each(self, samples: int, trigger: Callable[[int], object],
+                  prepare: Callable[[int], None] | None = None,
+                  expect: Callable[[int], Any] | None = None) -> list[float]:
+        """For n in -WARMUP .. samples-1: ``prepare(n)`` (untimed), then the time
+        from ``trigger(n)`` issued to this waiter's handler done (ms; warm-up
+        samples dropped). ``expect(n)``: the value the handler must return.
+        Closes the waiter."""
+        out: list[float] = []
+        try:
+            for n in range(-WARMUP, samples):
+                if prepare is not None:
+                    prepare(n)
+                t0 = time.perf_counter()
+                trigger(n)
+                at, value = self.wait()
+                if expect is not None and value != expect(n):
+                    raise ProbeError(f"sample {n}: got {value!r}, expected {expect(n)!r}")
+                if n >= 0:
+                    out.append(_ms(at - t0))
+        finally:
+            self.close()
+        return out
+
 
 def enqueue_to_start(dsn: str, samples: int) -> list[float]:
     """``start_workflow`` issued -> ``claim`` returned in a LISTENing session (ms)."""
@@ -151,20 +174,11 @@ def enqueue_to_start(dsn: str, samples: int) -> list[float]:
         # Untimed: the workflow ends, the queue stays empty.
         conn.execute("select ratchet.finish(%s, %s, '{}')", claimed, prepare=True)
 
-    out: list[float] = []
     waiter = _Waiter(dsn, f"ratchet.queue.{LAT_QUEUE}", claim, finish)
-    try:
-        with _connect(dsn) as starter:
-            for n in range(-WARMUP, samples):
-                t0 = time.perf_counter()
-                starter.execute("select ratchet.start_workflow('lat_probe', '{}', queue => %s)",
-                                (LAT_QUEUE,), prepare=True)
-                at, _claimed = waiter.wait()
-                if n >= 0:
-                    out.append(_ms(at - t0))
-    finally:
-        waiter.close()
-    return out
+    with _connect(dsn) as starter:
+        return waiter.time_each(samples, lambda n: starter.execute(
+            "select ratchet.start_workflow('lat_probe', '{}', queue => %s)",
+            (LAT_QUEUE,), prepare=True))
 
 
 def raw_enqueue_to_start(dsn: str, samples: int) -> list[float]:
@@ -183,21 +197,11 @@ def raw_enqueue_to_start(dsn: str, samples: int) -> list[float]:
         conn.execute("update raw_queue set status = 'done' where id = %s", (claimed,),
                      prepare=True)
 
-    out: list[float] = []
     waiter = _Waiter(dsn, "raw_queue", claim, finish)
-    try:
-        with _connect(dsn) as starter:
-            for n in range(-WARMUP, samples):
-                t0 = time.perf_counter()
-                starter.execute(
-                    "with i as (insert into raw_queue (payload) values ('{}') returning id) "
-                    "select pg_notify('raw_queue', '') from i", prepare=True)
-                at, _claimed = waiter.wait()
-                if n >= 0:
-                    out.append(_ms(at - t0))
-    finally:
-        waiter.close()
-    return out
+    with _connect(dsn) as starter:
+        return waiter.time_each(samples, lambda n: starter.execute(
+            "with i as (insert into raw_queue (payload) values ('{}') returning id) "
+            "select pg_notify('raw_queue', '') from i", prepare=True))
 
 
 def _start_and_claim(conn: psycopg.Connection[Any]) -> tuple[str, int]:
@@ -246,44 +250,36 @@ def step_checkpoint(dsn: str, samples: int,
 
 def wakeup(dsn: str, samples: int) -> list[float]:
     """``finish()`` issued -> a LISTEN "ratchet.ended" session woke with its id (ms)."""
-    out: list[float] = []
     waiter = _Waiter(dsn, "ratchet.ended")
-    try:
-        with _connect(dsn) as conn:
-            for n in range(-WARMUP, samples):
-                wf, run = _start_and_claim(conn)
-                waiter.want = wf
-                t0 = time.perf_counter()
-                conn.execute("select ratchet.finish(%s, %s, '{}')", (wf, run), prepare=True)
-                at, _payload = waiter.wait()
-                if n >= 0:
-                    out.append(_ms(at - t0))
-    finally:
-        waiter.close()
-    return out
+    claimed: list[tuple[str, int]] = []
+
+    def start(n: int) -> None:
+        claimed.append(_start_and_claim(conn))
+        waiter.want = claimed[-1][0]
+
+    with _connect(dsn) as conn:
+        return waiter.time_each(samples, lambda n: conn.execute(
+            "select ratchet.finish(%s, %s, '{}')", claimed[-1], prepare=True),
+            prepare=start)
 
 
 def raw_wakeup(dsn: str, samples: int) -> list[float]:
     """The baseline of :func:`wakeup`: UPDATE + ``pg_notify`` in one statement (ms)."""
-    out: list[float] = []
     waiter = _Waiter(dsn, "raw_ended")
-    try:
-        with _connect(dsn) as conn:
-            for n in range(-WARMUP, samples):
-                row = conn.execute("insert into raw_queue (status) values ('running') returning id",
-                                   prepare=True).fetchone()
-                assert row is not None
-                waiter.want = str(row[0])
-                t0 = time.perf_counter()
-                conn.execute(
-                    "with u as (update raw_queue set status = 'done' where id = %s returning id) "
-                    "select pg_notify('raw_ended', id::text) from u", (row[0],), prepare=True)
-                at, _payload = waiter.wait()
-                if n >= 0:
-                    out.append(_ms(at - t0))
-    finally:
-        waiter.close()
-    return out
+    running: list[int] = []
+
+    def start(n: int) -> None:
+        row = conn.execute("insert into raw_queue (status) values ('running') returning id",
+                           prepare=True).fetchone()
+        assert row is not None
+        running.append(int(row[0]))
+        waiter.want = str(row[0])
+
+    with _connect(dsn) as conn:
+        return waiter.time_each(samples, lambda n: conn.execute(
+            "with u as (update raw_queue set status = 'done' where id = %s returning id) "
+            "select pg_notify('raw_ended', id::text) from u", (running[-1],),
+            prepare=True), prepare=start)
 
 
 def recv_wakeup(dsn: str, samples: int) -> list[float]:
@@ -301,22 +297,12 @@ def recv_wakeup(dsn: str, samples: int) -> list[float]:
         next_step[0] += 1
         return row[0]
 
-    out: list[float] = []
     waiter = _Waiter(dsn, "ratchet.message", receive)
     waiter.want = wf
-    try:
-        with _connect(dsn) as sender:
-            for n in range(-WARMUP, samples):
-                t0 = time.perf_counter()
-                sender.execute("select ratchet.send(%s, %s::jsonb, 'ping')",
-                               (wf, json.dumps({"n": n})), prepare=True)
-                at, message = waiter.wait()
-                if message != {"n": n}:
-                    raise ProbeError(f"recv() returned {message!r}, expected n = {n}")
-                if n >= 0:
-                    out.append(_ms(at - t0))
-    finally:
-        waiter.close()
+    with _connect(dsn) as sender:
+        out = waiter.time_each(samples, lambda n: sender.execute(
+            "select ratchet.send(%s, %s::jsonb, 'ping')", (wf, json.dumps({"n": n})),
+            prepare=True), expect=lambda n: {"n": n})
     with _connect(dsn) as conn:
         conn.execute("select ratchet.finish(%s, %s, '{}')", (wf, run))
     return out
@@ -331,24 +317,15 @@ def event_wakeup(dsn: str, samples: int) -> list[float]:
                            prepare=True).fetchone()
         return None if row is None else row[0]
 
-    out: list[float] = []
     waiter = _Waiter(dsn, "ratchet.event", read)
-    try:
-        with _connect(dsn) as conn:
-            wf, run = _start_and_claim(conn)
-            waiter.want = wf
-            for n in range(-WARMUP, samples):
-                t0 = time.perf_counter()
-                conn.execute("select ratchet.set_event(%s, %s, %s, 'progress', %s::jsonb)",
-                             (wf, run, n + WARMUP, json.dumps({"n": n})), prepare=True)
-                at, value = waiter.wait()
-                if value != {"n": n}:
-                    raise ProbeError(f"get_event() returned {value!r}, expected n = {n}")
-                if n >= 0:
-                    out.append(_ms(at - t0))
-            conn.execute("select ratchet.finish(%s, %s, '{}')", (wf, run))
-    finally:
-        waiter.close()
+    with _connect(dsn) as conn:
+        wf, run = _start_and_claim(conn)
+        waiter.want = wf
+        out = waiter.time_each(samples, lambda n: conn.execute(
+            "select ratchet.set_event(%s, %s, %s, 'progress', %s::jsonb)",
+            (wf, run, n + WARMUP, json.dumps({"n": n})), prepare=True),
+            expect=lambda n: {"n": n})
+        conn.execute("select ratchet.finish(%s, %s, '{}')", (wf, run))
     return out
 
 
