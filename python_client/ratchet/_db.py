@@ -237,29 +237,30 @@ class Database:
         except Exception as check_exc:  # the server may still be down: next use retries
             logger.debug("ratchet: pool check failed: %s", check_exc)
 
-    def fetchone(self, query: str, params: Any = None) -> DictRow | None:
-        """Run one statement and return its first row as a dict; RT errors become
-        Ratchet exceptions."""
+    @contextmanager
+    def _cursor(self, query: str, params: Any) -> Iterator[psycopg.Cursor[DictRow]]:
+        """Run one statement on a pooled connection; RT errors become Ratchet
+        exceptions."""
         try:
             with self.connection() as conn:
-                return self.run(conn, query, params).fetchone()
+                yield self.run(conn, query, params)
         except psycopg.Error as exc:
             mapped = translate(exc)
             if mapped is not None:
                 raise mapped from exc
             raise
 
+    def fetchone(self, query: str, params: Any = None) -> DictRow | None:
+        """Run one statement and return its first row as a dict; RT errors become
+        Ratchet exceptions."""
+        with self._cursor(query, params) as cur:
+            return cur.fetchone()
+
     def fetchall(self, query: str, params: Any = None) -> list[DictRow]:
         """Run one statement and return all rows as dicts; RT errors become Ratchet
         exceptions."""
-        try:
-            with self.connection() as conn:
-                return self.run(conn, query, params).fetchall()
-        except psycopg.Error as exc:
-            mapped = translate(exc)
-            if mapped is not None:
-                raise mapped from exc
-            raise
+        with self._cursor(query, params) as cur:
+            return cur.fetchall()
 
     def close(self) -> None:
         """Close the pool (it reopens on next use)."""

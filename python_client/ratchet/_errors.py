@@ -43,12 +43,32 @@ class NonDeterminismError(RatchetError):
     step results. The run is failed with this error; it cannot be caught away."""
 
 
-def _payload_field(error: dict[str, Any] | None, key: str) -> str:
-    value = (error or {}).get(key)
-    return "" if value is None else str(value)
+class _StoredError:
+    """Readers of a stored JSON error (``type``, ``message``, ``traceback``)."""
+
+    error: dict[str, Any]
+
+    def _field(self, key: str) -> str:
+        value = (self.error or {}).get(key)
+        return "" if value is None else str(value)
+
+    @property
+    def type(self) -> str:
+        """Name of the exception type that was raised (e.g. ``"ValueError"``)."""
+        return self._field("type")
+
+    @property
+    def message(self) -> str:
+        """Message of the exception that was raised."""
+        return self._field("message")
+
+    @property
+    def traceback(self) -> str:
+        """Formatted traceback recorded with the error."""
+        return self._field("traceback")
 
 
-class StepError(RatchetError):
+class StepError(_StoredError, RatchetError):
     """A step failed after its retries; raised inside the workflow, on the first run
     and on every replay alike.
 
@@ -64,28 +84,13 @@ class StepError(RatchetError):
         super().__init__(f"step {step_name!r} (#{step_id}) failed: "
                          f"{self.type}: {self.message}")
 
-    @property
-    def type(self) -> str:
-        """Name of the exception type the step raised."""
-        return _payload_field(self.error, "type")
-
-    @property
-    def message(self) -> str:
-        """Message of the exception the step raised."""
-        return _payload_field(self.error, "message")
-
-    @property
-    def traceback(self) -> str:
-        """Formatted traceback recorded when the step failed."""
-        return _payload_field(self.error, "traceback")
-
 
 class StepTimeout(RatchetError, TimeoutError):
     """A step ran longer than its ``timeout``. It counts as a failure of the step
     (and is retried if the step has retries left)."""
 
 
-class WorkflowFailed(RatchetError):
+class WorkflowFailed(_StoredError, RatchetError):
     """The workflow ended ``failed`` (or ``dead``). ``error`` is the stored JSON
     error (``type``, ``message``, ``traceback``)."""
 
@@ -94,21 +99,6 @@ class WorkflowFailed(RatchetError):
         self.status = status
         self.error: dict[str, Any] = error or {}
         super().__init__(f"workflow {workflow_id!r} {status}: {self.type}: {self.message}")
-
-    @property
-    def type(self) -> str:
-        """Name of the exception type that failed the workflow."""
-        return _payload_field(self.error, "type")
-
-    @property
-    def message(self) -> str:
-        """Message of the exception that failed the workflow."""
-        return _payload_field(self.error, "message")
-
-    @property
-    def traceback(self) -> str:
-        """Formatted traceback stored with the error."""
-        return _payload_field(self.error, "traceback")
 
 
 class WorkflowCancelled(RatchetError):

@@ -141,13 +141,18 @@ def compute(n: int, work_ms: int) -> int:
     return compute_value(n)
 
 
-@app.transaction(name="apply_effect", retries=TX_RETRIES, interval=0.2, max_delay=2.0)
-def apply_effect(cur: psycopg.Cursor[Any], n: int) -> dict[str, int]:
+def _insert_effect(cur: psycopg.Cursor[Any], n: int) -> dict[str, int]:
+    """The transactional effect the checks count: one row per (workflow, step)."""
     key = ratchet.step_idempotency_key()
     wf, _, step = key.rpartition(":")
     cur.execute("insert into chaos_effects (workflow_id, step_id, value, pid) "
                 "values (%s, %s, %s, %s)", (wf, int(step), n, os.getpid()))
     return {"row": n}
+
+
+@app.transaction(name="apply_effect", retries=TX_RETRIES, interval=0.2, max_delay=2.0)
+def apply_effect(cur: psycopg.Cursor[Any], n: int) -> dict[str, int]:
+    return _insert_effect(cur, n)
 
 
 @app.step(name="call_external", retries=12, interval=0.1, backoff=2.0, max_delay=1.0)
@@ -175,11 +180,7 @@ def child_square(n: int) -> int:
 
 @app.transaction(name="child_effect", retries=TX_RETRIES, interval=0.2, max_delay=2.0)
 def child_effect(cur: psycopg.Cursor[Any], n: int) -> dict[str, int]:
-    key = ratchet.step_idempotency_key()
-    wf, _, step = key.rpartition(":")
-    cur.execute("insert into chaos_effects (workflow_id, step_id, value, pid) "
-                "values (%s, %s, %s, %s)", (wf, int(step), n, os.getpid()))
-    return {"row": n}
+    return _insert_effect(cur, n)
 
 
 # -- workflows ----------------------------------------------------------------------
