@@ -175,13 +175,46 @@ create table ratchet.schedules (
   next_fire_at     timestamptz not null,
   last_fired_at    timestamptz,
   last_workflow_id text,
-  created_at       timestamptz not null
+  created_at       timestamptz not null,
+  -- the last error tick() met evaluating or firing this schedule (NULL after
+  -- a good firing); a failing schedule never stops the others
+  last_error       jsonb,
+  last_error_at    timestamptz
 );
 
 comment on table ratchet.schedules is
   'Cron schedules; tick() starts each due firing exactly once.';
 
 create index schedules_due_idx on ratchet.schedules (next_fire_at);
+
+-- Trusted settings: one row, written only by the extension owner or a
+-- superuser (no role is granted UPDATE). ratchet.now() honours the session
+-- setting ratchet.fake_now only while fake_clock_enabled is true, so no
+-- worker or client can move Ratchet's clock in a database where an
+-- administrator did not ask for it (test databases). docs/security.md.
+create table ratchet.settings (
+  singleton          boolean primary key default true check (singleton),
+  fake_clock_enabled boolean not null default false
+);
+
+comment on table ratchet.settings is
+  'Trusted settings (one row), changed only by the extension owner or a superuser: '
+  'fake_clock_enabled lets sessions move ratchet.now() with SET ratchet.fake_now (tests only).';
+
+insert into ratchet.settings default values;
+
+-- Time zone names accepted by schedules, copied from pg_timezone_names at
+-- install (reading that view scans the zone directory: tens of ms). Lower
+-- case. A name missing here is still checked against pg_timezone_names.
+create table ratchet.time_zones (
+  name text primary key
+);
+
+comment on table ratchet.time_zones is
+  'Internal: lower-case time zone names from pg_timezone_names at install (cron zone check).';
+
+insert into ratchet.time_zones (name)
+select distinct pg_catalog.lower(z.name) from pg_catalog.pg_timezone_names z;
 
 -- pg_dump keeps user data of extension tables only when marked. The default
 -- queue row is created by the install script itself, so it is left out.

@@ -37,20 +37,23 @@ declare
   p_parent_id    alias for $10;
   v_now      timestamptz := ratchet.now();
   v_id       text := coalesce(p_workflow_id, pg_catalog.gen_random_uuid()::text);
-  v_start_at timestamptz := coalesce(p_start_at, v_now);
+  -- a start_at in the past means now: it cannot jump ahead of workflows
+  -- already waiting in FIFO order (priority is the lever for that)
+  v_start_at timestamptz := greatest(coalesce(p_start_at, v_now), v_now);
   v_inserted text;
   v_existing ratchet.workflows;
 begin
   -- Hot path: inline checks; the helpers run only to raise the precise error.
-  if p_name is null or pg_catalog.btrim(p_name) = '' or pg_catalog.length(p_name) > 200
-     or pg_catalog.btrim(v_id) = '' or pg_catalog.length(v_id) > 200 then
+  if p_name is null or pg_catalog.btrim(p_name) = '' or pg_catalog.octet_length(p_name) > 200
+     or pg_catalog.btrim(v_id) = '' or pg_catalog.octet_length(v_id) > 200 then
     perform ratchet._check_name(p_name, 'workflow name');
     perform ratchet._check_name(v_id, 'workflow_id');
   end if;
   if not exists (select 1 from ratchet.queues q where q.name = p_queue) then
     perform ratchet._check_queue(p_queue);
   end if;
-  if pg_catalog.pg_column_size(p_input) > 1048576 then
+  if pg_catalog.pg_column_size(p_input) > 1048576
+     or pg_catalog.jsonb_path_exists(p_input, 'strict $.**{101}') then  -- see _check_payload
     perform ratchet._check_payload(p_input, 'input');
   end if;
   if p_input is null then
@@ -62,6 +65,12 @@ begin
   end if;
   if p_dedup_key is not null then
     perform ratchet._check_name(p_dedup_key, 'dedup_key');
+  end if;
+  if p_start_at is not null and (not pg_catalog.isfinite(p_start_at)
+                                 or p_start_at > v_now + interval '100 years') then
+    perform ratchet._raise('RT005',
+      pg_catalog.format('start_at must be a finite time at most 100 years ahead, got %s', p_start_at),
+      'pass NULL to start now, or e.g. start_at => now() + interval ''1 hour''');
   end if;
   if p_timeout is not null and (p_timeout <= interval '0' or p_timeout > interval '100 years') then
     perform ratchet._raise('RT005', pg_catalog.format('timeout must be positive and at most 100 years, got %s', p_timeout),
@@ -142,6 +151,16 @@ begin
   if p_inputs is null then
     perform ratchet._raise('RT005', 'inputs must not be NULL', 'pass an array of jsonb inputs');
   end if;
+  if pg_catalog.array_ndims(p_inputs) > 1 or pg_catalog.array_ndims(p_workflow_ids) > 1
+     or pg_catalog.array_lower(p_inputs, 1) <> 1 or pg_catalog.array_lower(p_workflow_ids, 1) <> 1 then
+    perform ratchet._raise('RT005', 'inputs and workflow_ids must be one-dimensional arrays indexed from 1',
+      'pass array[''{}''::jsonb, ...], not a nested array; one element per workflow');
+  end if;
+  if pg_catalog.cardinality(p_inputs) > 10000 then
+    perform ratchet._raise('RT005',
+      pg_catalog.format('at most 10000 workflows per start_workflows call, got %s', pg_catalog.cardinality(p_inputs)),
+      'split the inputs into batches of 10000 or fewer');
+  end if;
   if p_workflow_ids is not null
      and coalesce(pg_catalog.array_length(p_workflow_ids, 1), 0)
          <> coalesce(pg_catalog.array_length(p_inputs, 1), 0) then
@@ -157,11 +176,12 @@ begin
   select count(*) into v_bad
     from unnest(p_inputs, v_ids) as t(input, id)
    where t.input is null or t.id is null or pg_catalog.btrim(t.id) = ''
-      or pg_catalog.length(t.id) > 200 or pg_catalog.pg_column_size(t.input) > 1048576;
+      or pg_catalog.octet_length(t.id) > 200 or pg_catalog.pg_column_size(t.input) > 1048576
+      or pg_catalog.jsonb_path_exists(t.input, 'strict $.**{101}');
   if v_bad > 0 then
     perform ratchet._raise('RT005',
-      pg_catalog.format('%s of the inputs or workflow_ids are invalid (NULL, empty, too long or over 1 MiB)', v_bad),
-      'every input must be non-NULL jsonb under 1 MiB; every id 1-200 characters');
+      pg_catalog.format('%s of the inputs or workflow_ids are invalid (NULL, empty, too long, over 1 MiB or nested over 100 levels)', v_bad),
+      'every input must be non-NULL jsonb under 1 MiB and 100 levels of nesting; every id 1-200 bytes');
   end if;
 
   insert into ratchet.workflows as w

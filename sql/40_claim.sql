@@ -222,12 +222,13 @@ declare
   v_taken   int;
 begin
   -- Hot path: inline checks; the helpers run only to raise the precise error.
-  if p_worker_id is null or pg_catalog.btrim(p_worker_id) = '' or pg_catalog.length(p_worker_id) > 200
+  if p_worker_id is null or pg_catalog.btrim(p_worker_id) = '' or pg_catalog.octet_length(p_worker_id) > 200
      or p_lease is null or p_lease <= interval '0' or p_lease > interval '1 day' then
     perform ratchet._check_lease(p_worker_id, p_lease);
   end if;
-  if p_queues is null or coalesce(pg_catalog.array_length(p_queues, 1), 0) = 0 then
-    perform ratchet._raise('RT005', 'queues must name at least one queue',
+  if p_queues is null or coalesce(pg_catalog.array_length(p_queues, 1), 0) = 0
+     or pg_catalog.cardinality(p_queues) > 100 then
+    perform ratchet._raise('RT005', 'queues must name 1 to 100 queues',
       'e.g. queues => array[''default'']');
   end if;
   if p_max_count is null or p_max_count < 0 or p_max_count > 1000 then

@@ -125,10 +125,12 @@ declare
 begin
   -- Hot path: inline checks; the helpers run only to raise the precise error.
   if p_step_id is null or p_step_id < 0 or p_name is null or pg_catalog.btrim(p_name) = ''
-     or pg_catalog.length(p_name) > 200 then
+     or pg_catalog.octet_length(p_name) > 200 then
     perform ratchet._check_step_args(p_step_id, p_name);
   end if;
-  if pg_catalog.pg_column_size(p_output) > 1048576 or pg_catalog.pg_column_size(p_error) > 1048576 then
+  if pg_catalog.pg_column_size(p_output) > 1048576 or pg_catalog.pg_column_size(p_error) > 1048576
+     or pg_catalog.jsonb_path_exists(p_output, 'strict $.**{101}')
+     or pg_catalog.jsonb_path_exists(p_error, 'strict $.**{101}') then  -- see _check_payload
     perform ratchet._check_payload(p_output, 'step output');
     perform ratchet._check_payload(p_error, 'step error');
   end if;
@@ -158,7 +160,8 @@ declare
   v_now timestamptz := ratchet.now();
   v_wf  ratchet.workflows;
 begin
-  if pg_catalog.pg_column_size(p_output) > 1048576 then  -- hot path: see record_step
+  if pg_catalog.pg_column_size(p_output) > 1048576
+     or pg_catalog.jsonb_path_exists(p_output, 'strict $.**{101}') then  -- hot path: see record_step
     perform ratchet._check_payload(p_output, 'output');
   end if;
   v_wf := ratchet._lock_run(p_workflow_id, p_run_id, true);
@@ -255,10 +258,16 @@ declare
   v_now      timestamptz := ratchet.now();
   v_wf       ratchet.workflows;
   v_key      text := p_wait_key;
-  v_start_at timestamptz := p_until;
+  -- a time in the past means now: a run cannot jump ahead in FIFO order
+  v_start_at timestamptz := greatest(p_until, v_now);
 begin
   if p_until is null then
     perform ratchet._raise('RT005', 'until must not be NULL',
+      'pass a time, or ''infinity'' to wait only for the message or child');
+  end if;
+  if p_until <> 'infinity' and p_until > v_now + interval '100 years' then
+    perform ratchet._raise('RT005',
+      pg_catalog.format('until must be at most 100 years ahead (or ''infinity''), got %s', p_until),
       'pass a time, or ''infinity'' to wait only for the message or child');
   end if;
   if p_wait_for is not null and p_wait_for not in ('message', 'child') then
@@ -269,6 +278,9 @@ begin
     perform ratchet._check_name(p_wait_key, 'wait_key (child workflow id)');
   elsif p_wait_for = 'message' then
     v_key := coalesce(p_wait_key, '');
+    if pg_catalog.octet_length(v_key) > 200 then
+      perform ratchet._check_name(v_key, 'wait_key (topic)');
+    end if;
   end if;
   v_wf := ratchet._lock_run(p_workflow_id, p_run_id, true);
 

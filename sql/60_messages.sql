@@ -33,8 +33,8 @@ begin
     perform ratchet._raise('RT005', 'message must not be NULL', 'send JSON, e.g. ''{"ok": true}''');
   end if;
   perform ratchet._check_payload(p_message, 'message');
-  if pg_catalog.length(v_topic) > 200 then
-    perform ratchet._raise('RT005', 'topic is longer than 200 characters', 'use a shorter topic');
+  if pg_catalog.octet_length(v_topic) > 200 then
+    perform ratchet._check_name(v_topic, 'topic');
   end if;
   if p_idempotency_key is not null then
     perform ratchet._check_name(p_idempotency_key, 'idempotency_key');
@@ -96,6 +96,9 @@ declare
   v_msg ratchet.messages;
 begin
   perform ratchet._check_step_args(p_step_id, 'recv');
+  if pg_catalog.octet_length(p_topic) > 200 then
+    perform ratchet._check_name(p_topic, 'topic');
+  end if;
   perform ratchet._lock_run(p_workflow_id, p_run_id, false);
   if exists (select 1 from ratchet.steps s
               where s.workflow_id = p_workflow_id and s.step_id = p_step_id) then

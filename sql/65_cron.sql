@@ -88,11 +88,11 @@ begin
     -- more, and this runs on every evaluation of a schedule.)
     if v_item !~ '^[^/-]+(?:-[^/-]+)?(?:/[^/-]+)?$'
        or v_item ~ '^[*]-' then
-      raise exception using errcode = 'RT005',
-        message = pg_catalog.format(
+      perform ratchet._raise('RT005',
+        pg_catalog.format(
           'invalid cron expression %L: %s item %L is malformed',
           p_expr, p_field, v_item),
-        hint = v_hint;
+        v_hint);
     end if;
 
     v_parts := array[
@@ -114,19 +114,19 @@ begin
                               then v_tok::integer end;
         if v_bounds[v_i] is null or v_bounds[v_i] < p_min
            or v_bounds[v_i] > p_max then
-          raise exception using errcode = 'RT005',
-            message = pg_catalog.format(
+          perform ratchet._raise('RT005',
+            pg_catalog.format(
               'invalid cron expression %L: %s value %L is out of range %s-%s',
               p_expr, p_field, v_tok, p_min, p_max),
-            hint = v_hint;
+            v_hint);
         end if;
       else
-        raise exception using errcode = 'RT005',
-          message = pg_catalog.format(
+        perform ratchet._raise('RT005',
+          pg_catalog.format(
             'invalid cron expression %L: %s value %L is not a number%s',
             p_expr, p_field, v_tok,
             case when v_names is not null then ' or a name' else '' end),
-          hint = v_hint;
+          v_hint);
       end if;
     end loop;
 
@@ -135,11 +135,11 @@ begin
       v_step := case when v_parts[3] ~ '^[0-9]{1,9}$'
                      then v_parts[3]::integer else 0 end;
       if v_step not between 1 and v_top - p_min + 1 then
-        raise exception using errcode = 'RT005',
-          message = pg_catalog.format(
+        perform ratchet._raise('RT005',
+          pg_catalog.format(
             'invalid cron expression %L: %s step %L must be a number from 1 to %s',
             p_expr, p_field, v_parts[3], v_top - p_min + 1),
-          hint = v_hint;
+          v_hint);
       end if;
     end if;
 
@@ -150,11 +150,11 @@ begin
       v_lo := v_bounds[1];
       v_hi := v_bounds[2];
       if v_lo > v_hi then
-        raise exception using errcode = 'RT005',
-          message = pg_catalog.format(
+        perform ratchet._raise('RT005',
+          pg_catalog.format(
             'invalid cron expression %L: %s range %L is reversed',
             p_expr, p_field, v_item),
-          hint = v_hint;
+          v_hint);
       end if;
     elsif v_parts[3] is not null then
       v_lo := v_bounds[1];
@@ -187,13 +187,14 @@ comment on function ratchet._cron_field(text, text, text, integer, integer) is
   'the whole expression, for error messages. Raises RT005.';
 
 
-create function ratchet.cron_parse(p_expr text)
+create function ratchet.cron_parse(expr text)
 returns jsonb
 language plpgsql
 immutable parallel safe
 set search_path = pg_catalog, pg_temp
 as $$
 declare
+  p_expr alias for $1;
   v_hint constant text :=
     'a cron expression is five fields "minute hour day-of-month month '
     'day-of-week" separated by spaces, e.g. "*/15 9-17 * * MON-FRI", or one '
@@ -202,10 +203,16 @@ declare
     p_expr, '^[[:space:]]+|[[:space:]]+$', '', 'g');
   v_fields text[];
 begin
+  if pg_catalog.octet_length(p_expr) > 1000 then
+    perform ratchet._raise('RT005',
+      pg_catalog.format('invalid cron expression: it is %s bytes long; the limit is 1000',
+                        pg_catalog.octet_length(p_expr)),
+      v_hint);
+  end if;
   if v_text is null or v_text = '' then
-    raise exception using errcode = 'RT005',
-      message = 'invalid cron expression: it is NULL or empty',
-      hint = v_hint;
+    perform ratchet._raise('RT005',
+      'invalid cron expression: it is NULL or empty',
+      v_hint);
   end if;
 
   if pg_catalog.left(v_text, 1) = '@' then
@@ -219,20 +226,20 @@ begin
       when '@hourly' then '0 * * * *'
     end;
     if v_text is null then
-      raise exception using errcode = 'RT005',
-        message = pg_catalog.format(
+      perform ratchet._raise('RT005',
+        pg_catalog.format(
           'invalid cron expression %L: unknown macro', p_expr),
-        hint = v_hint;
+        v_hint);
     end if;
   end if;
 
   v_fields := pg_catalog.regexp_split_to_array(v_text, '[[:space:]]+');
   if pg_catalog.cardinality(v_fields) <> 5 then
-    raise exception using errcode = 'RT005',
-      message = pg_catalog.format(
+    perform ratchet._raise('RT005',
+      pg_catalog.format(
         'invalid cron expression %L: it has %s fields, expected 5',
         p_expr, pg_catalog.cardinality(v_fields)),
-      hint = v_hint;
+      v_hint);
   end if;
 
   return pg_catalog.jsonb_build_object(
@@ -259,51 +266,35 @@ comment on function ratchet.cron_parse(text) is
   'on any invalid expression.';
 
 
--- Time zones are checked against pg_timezone_names, which reads the whole
--- zone directory (tens of milliseconds), so names already found valid are
--- remembered for the session in the custom setting ratchet.cron_zones.
+-- Time zones are checked against ratchet.time_zones, the names of
+-- pg_timezone_names copied at install (reading the view itself scans the
+-- whole zone directory: tens of milliseconds); a name missing there is
+-- looked up in the view. No session setting takes part: what a schedule
+-- stores was validated with nothing a client can change (docs/security.md).
 create function ratchet._cron_check_zone(p_timezone text)
 returns void
 language plpgsql
 stable
 set search_path = pg_catalog, pg_temp
 as $$
-declare
-  v_key text := '|' || pg_catalog.lower(p_timezone) || '|';
-  v_cache text;
 begin
   if p_timezone = 'UTC' then
     return;
   end if;
-  -- The cache is '|name|name|...|', lower case.
-  v_cache := coalesce(
-    nullif(pg_catalog.current_setting('ratchet.cron_zones', true), ''),
-    '|');
-  if p_timezone <> '' and pg_catalog.strpos(v_cache, v_key) > 0 then
-    return;
+  if p_timezone is null or p_timezone = '' or pg_catalog.octet_length(p_timezone) > 100
+     or (not exists (select 1 from ratchet.time_zones z where z.name = pg_catalog.lower(p_timezone))
+         and not exists (
+           select 1 from pg_catalog.pg_timezone_names as z
+            where pg_catalog.lower(z.name) = pg_catalog.lower(p_timezone))) then
+    perform ratchet._raise('RT005',
+      pg_catalog.format('invalid cron time zone %L', p_timezone),
+      'use a time zone name from pg_timezone_names, e.g. ''UTC'' or ''America/New_York''');
   end if;
-  if p_timezone is null or p_timezone = ''
-     or pg_catalog.strpos(p_timezone, '|') > 0
-     or not exists (
-       select 1 from pg_catalog.pg_timezone_names as z
-        where pg_catalog.lower(z.name) = pg_catalog.lower(p_timezone)) then
-    raise exception using errcode = 'RT005',
-      message = pg_catalog.format('invalid cron time zone %L', p_timezone),
-      hint = 'use a time zone name from pg_timezone_names, '
-             'e.g. ''UTC'' or ''America/New_York''';
-  end if;
-  if pg_catalog.length(v_cache) > 8000 then
-    v_cache := '|';
-  end if;
-  perform pg_catalog.set_config('ratchet.cron_zones',
-                                v_cache || pg_catalog.lower(p_timezone) || '|',
-                                false);
 end;
 $$;
 
 comment on function ratchet._cron_check_zone(text) is
-  'Internal: raise RT005 unless p_timezone is listed in pg_timezone_names '
-  '(case-insensitively); valid names are cached per session.';
+  'Internal: raise RT005 unless p_timezone is a pg_timezone_names name (case-insensitively).';
 
 
 -- The first instant whose wall-clock time in p_timezone is p_local, or NULL
@@ -392,11 +383,11 @@ declare
 begin
   perform ratchet._cron_check_zone(p_timezone);
   if p_from is null or not pg_catalog.isfinite(p_from) then
-    raise exception using errcode = 'RT005',
-      message = pg_catalog.format('%s needs a finite time, not %s',
+    perform ratchet._raise('RT005',
+      pg_catalog.format('%s needs a finite time, not %s',
         case when p_backward then 'cron_prev' else 'cron_next' end,
         coalesce(p_from::text, 'NULL')),
-      hint = 'pass a timestamptz such as now()';
+      'pass a timestamptz such as now()');
   end if;
 
   -- Only a day-of-month restriction can be impossible (30 February): then
@@ -410,11 +401,11 @@ begin
         else 31 end;
     end loop;
     if not v_match then
-      raise exception using errcode = 'RT005',
-        message = pg_catalog.format(
+      perform ratchet._raise('RT005',
+        pg_catalog.format(
           'cron expression %L never fires: none of its months has that day',
           p_expr),
-        hint = 'check the day-of-month and month fields';
+        'check the day-of-month and month fields');
     end if;
   end if;
 
@@ -511,12 +502,13 @@ begin
     end if;
   end loop;
 
-  raise exception using errcode = 'RT005',
-    message = pg_catalog.format(
+  perform ratchet._raise('RT005',
+    pg_catalog.format(
       'cron expression %L does not fire in time zone %L within 10 years %s %s',
       p_expr, p_timezone, case when p_backward then 'before' else 'after' end,
       p_from),
-    hint = 'check the day-of-month and month fields';
+    'check the day-of-month and month fields');
+  return null;  -- not reached: _raise raised
 end;
 $$;
 
@@ -526,40 +518,40 @@ comment on function ratchet._cron_search(text, timestamptz, text, boolean) is
 
 
 create function ratchet.cron_next(
-  p_expr text, p_after timestamptz, p_timezone text default 'UTC'
+  expr text, after timestamptz, timezone text default 'UTC'
 ) returns timestamptz
 language plpgsql
 stable
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-  return ratchet._cron_search(p_expr, p_after, p_timezone, false);
+  return ratchet._cron_search($1, $2, $3, false);
 end;
 $$;
 
 comment on function ratchet.cron_next(text, timestamptz, text) is
-  'The first firing time of cron expression p_expr strictly after p_after, '
-  'evaluated in the wall-clock time of p_timezone (a pg_timezone_names name). '
+  'The first firing time of cron expression expr strictly after after, '
+  'evaluated in the wall-clock time of timezone (a pg_timezone_names name). '
   'Wall times skipped by a DST gap never fire; wall times repeated by a DST '
   'overlap fire once, at the first occurrence. Raises RT005 for an invalid '
   'expression, zone or time, or an expression that never fires.';
 
 
 create function ratchet.cron_prev(
-  p_expr text, p_at timestamptz, p_timezone text default 'UTC'
+  expr text, at timestamptz, timezone text default 'UTC'
 ) returns timestamptz
 language plpgsql
 stable
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-  return ratchet._cron_search(p_expr, p_at, p_timezone, true);
+  return ratchet._cron_search($1, $2, $3, true);
 end;
 $$;
 
 comment on function ratchet.cron_prev(text, timestamptz, text) is
-  'The latest firing time of cron expression p_expr at or before p_at, '
-  'evaluated in the wall-clock time of p_timezone (a pg_timezone_names name), '
+  'The latest firing time of cron expression expr at or before at, '
+  'evaluated in the wall-clock time of timezone (a pg_timezone_names name), '
   'with the same DST rules as ratchet.cron_next. Used to find the most recent '
   'missed firing after downtime. Raises RT005 for an invalid expression, zone '
   'or time, or an expression that never fires.';

@@ -63,7 +63,8 @@ begin
   on conflict (name) do update
     set cron = excluded.cron, timezone = excluded.timezone,
         workflow_name = excluded.workflow_name, input = excluded.input,
-        queue = excluded.queue, next_fire_at = excluded.next_fire_at;
+        queue = excluded.queue, next_fire_at = excluded.next_fire_at,
+        last_error = null, last_error_at = null;
   return v_next;
 end;
 $$;
@@ -102,6 +103,11 @@ comment on function ratchet.list_schedules() is
   'All schedules with their next firing time.';
 
 -- tick: start the due firings. Returns how many workflows it started.
+--
+-- Each schedule is handled in its own subtransaction: a schedule that fails
+-- (its zone vanished from the server's tzdata, its queue is unusable, ...)
+-- gets the error in last_error/last_error_at, a WARNING, and its next try
+-- one minute later; the others keep firing. A good firing clears last_error.
 create function ratchet.tick()
 returns int
 language plpgsql
@@ -114,6 +120,8 @@ declare
   v_fire_at timestamptz;
   v_id      text;
   v_count   int := 0;
+  v_state   text;
+  v_message text;
 begin
   for v_sched in
     select * from ratchet.schedules s
@@ -122,19 +130,33 @@ begin
      limit 100
      for update skip locked
   loop
-    -- the latest firing that is due (not every missed one)
-    v_fire_at := greatest(v_sched.next_fire_at,
-                          ratchet.cron_prev(v_sched.cron, v_now, v_sched.timezone));
-    v_id := ratchet._firing_id(v_sched.name, v_fire_at);
-    if not exists (select 1 from ratchet.workflows w where w.workflow_id = v_id) then
-      perform ratchet.start_workflow(v_sched.workflow_name,
-        input => v_sched.input, workflow_id => v_id, queue => v_sched.queue);
-      v_count := v_count + 1;
-    end if;
-    update ratchet.schedules s
-       set last_fired_at = v_fire_at, last_workflow_id = v_id,
-           next_fire_at = ratchet.cron_next(v_sched.cron, v_now, v_sched.timezone)
-     where s.name = v_sched.name;
+    begin
+      -- the latest firing that is due (not every missed one)
+      v_fire_at := greatest(v_sched.next_fire_at,
+                            ratchet.cron_prev(v_sched.cron, v_now, v_sched.timezone));
+      v_id := ratchet._firing_id(v_sched.name, v_fire_at);
+      if not exists (select 1 from ratchet.workflows w where w.workflow_id = v_id) then
+        perform ratchet.start_workflow(v_sched.workflow_name,
+          input => v_sched.input, workflow_id => v_id, queue => v_sched.queue);
+        v_count := v_count + 1;
+      end if;
+      update ratchet.schedules s
+         set last_fired_at = v_fire_at, last_workflow_id = v_id,
+             next_fire_at = ratchet.cron_next(v_sched.cron, v_now, v_sched.timezone),
+             last_error = null, last_error_at = null
+       where s.name = v_sched.name;
+    exception when others then
+      get stacked diagnostics v_state = returned_sqlstate, v_message = message_text;
+      update ratchet.schedules s
+         set last_error = pg_catalog.jsonb_build_object(
+               'type', 'ScheduleError', 'sqlstate', v_state, 'message', v_message),
+             last_error_at = v_now,
+             next_fire_at = v_now + interval '1 minute'
+       where s.name = v_sched.name;
+      raise warning 'ratchet.tick: schedule "%" failed (%: %); the others fire, it is retried in a minute',
+        v_sched.name, v_state, v_message
+        using hint = 'see ratchet.schedules.last_error; fix or replace it with ratchet.schedule()';
+    end;
   end loop;
   return v_count;
 end;
@@ -142,4 +164,6 @@ $$;
 
 comment on function ratchet.tick() is
   'Start each due schedule firing exactly once (workflow id schedule:<name>:<time>). After '
-  'downtime only the latest missed firing starts. Safe to call from many workers or pg_cron.';
+  'downtime only the latest missed firing starts. A failing schedule is isolated: its '
+  'error goes to last_error (and a WARNING) and the others fire. Safe to call from many '
+  'workers or pg_cron.';

@@ -58,6 +58,17 @@ grant execute on function
   ratchet.cron_parse(text)
   to ratchet_worker, ratchet_client;
 
+-- Pure helpers that the invoker-rights functions above call (the cron
+-- evaluator, the clock's errors): they read nothing a role cannot already
+-- read and write nothing.
+grant execute on function
+  ratchet._raise(text, text, text),
+  ratchet._cron_field(text, text, text, integer, integer),
+  ratchet._cron_check_zone(text),
+  ratchet._cron_instant(timestamp, text),
+  ratchet._cron_search(text, timestamptz, text, boolean)
+  to ratchet_worker, ratchet_client;
+
 -- the worker protocol
 grant execute on function
   ratchet.claim(text[], text, int, interval),

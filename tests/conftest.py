@@ -25,6 +25,8 @@ Fixtures:
 ``set_fake_now``
     ``set_fake_now(conn, "2030-01-01 00:00Z")`` sets ``ratchet.fake_now`` for
     that session; ``set_fake_now(conn, None)`` goes back to the real clock.
+    Every database Ratchet is installed into here has the fake clock enabled
+    (``ratchet.settings.fake_clock_enabled``, set as owner).
 ``pg_server_factory``
     ``pg_server_factory(install=True, **kw)`` starts a private
     ``EmbeddedPostgres`` (for crash tests that restart or kill it), with
@@ -176,6 +178,10 @@ def _install(dsn: str, mode: str) -> None:
             # No parameters: psycopg sends it with the simple query protocol, so the
             # whole multi-statement script (BEGIN ... COMMIT) runs in one round trip.
             c.execute(script.read_text())
+        # Tests move time with SET ratchet.fake_now (the set_fake_now fixture):
+        # enable the fake clock as the owner, as an administrator would in a
+        # test database. Production installs leave it off (docs/security.md).
+        c.execute("update ratchet.settings set fake_clock_enabled = true")
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
