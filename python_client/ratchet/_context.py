@@ -10,6 +10,7 @@ stops at once.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from contextvars import ContextVar
@@ -70,12 +71,23 @@ class WorkflowContext:
     @classmethod
     def from_claim(cls, app: App, row: dict[str, Any], worker_id: str,
                    lease: float) -> WorkflowContext:
-        """A context for a row returned by ``claim``/``claim_workflow``."""
-        recorded = {int(s["step_id"]): s for s in (row.get("steps") or [])}
+        """A context for a row returned by ``claim``/``claim_workflow``.
+
+        ``input`` and ``steps`` may be JSON text (what the worker's claim
+        selects, see ``_db.CLAIM``); decoding errors (``ValueError``,
+        ``RecursionError``) propagate for the caller to fail this workflow alone.
+        """
+        steps = row.get("steps")
+        if isinstance(steps, str):
+            steps = json.loads(steps)
+        value = row.get("input")
+        if isinstance(value, str):
+            value = json.loads(value)
+        recorded = {int(s["step_id"]): s for s in (steps or [])}
         return cls(app=app, workflow_id=row["workflow_id"], run_id=int(row["run_id"]),
                    name=row["name"], attempt=int(row.get("attempt") or 1),
                    worker_id=worker_id, lease=lease, recorded=recorded,
-                   input=row.get("input"))
+                   input=value)
 
     # -- step numbering and replay -------------------------------------------
 
@@ -140,7 +152,17 @@ class WorkflowContext:
     # -- talking to the database ------------------------------------------------
 
     def run_error(self, exc: psycopg.Error) -> BaseException:
-        """The exception to raise for a database error during this run."""
+        """The exception to raise for a database error of one of Ratchet's own
+        calls during this run.
+
+        Only the user's code may fail a step or a workflow. An RT error that
+        describes the user's data (RT005: an output over 1 MiB, say) becomes
+        a :class:`RatchetError` the workflow sees; every other database error
+        (a lost connection, a serialization failure, an admin shutdown, a
+        duplicate prepared statement behind a pooler, RT007 misconfiguration)
+        is Ratchet's plumbing: it is logged, the run stops and is released so
+        another run (or this worker, later) goes on, and nothing is recorded.
+        """
         state = exc.sqlstate
         if state == "RT002":
             return self.abort(_RunAborted(f"stale run (RT002): {describe_db_error(exc)}"))
@@ -149,13 +171,15 @@ class WorkflowContext:
         if state == "RT003":
             return self.abort(_RunAborted(
                 f"duplicate step (RT003): {describe_db_error(exc)}", release=True))
-        mapped = translate(exc)
+        mapped = translate(exc) if state not in ("RT007", "RT009") else None
         if mapped is not None:
             return mapped
-        if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
-            return self.abort(_RunAborted(f"database connection problem: {exc}",
-                                          release=True, cause=exc))
-        return exc
+        logger.warning("ratchet: workflow %s: database error in Ratchet's own call "
+                       "(%s, SQLSTATE %s): %s; releasing the run, nothing is recorded",
+                       self.workflow_id, type(exc).__name__, state, describe_db_error(exc),
+                       extra=self.log_extra())
+        return self.abort(_RunAborted(f"database error ({type(exc).__name__}): {exc}",
+                                      release=True, cause=exc))
 
     def call(self, query: str, params: Any,
              conn: psycopg.Connection[Any] | None = None) -> DictRow | None:

@@ -58,7 +58,11 @@ STATUS = "select status, output, error from ratchet.get_workflow(workflow_id => 
 
 # -- running ------------------------------------------------------------------
 
-_CLAIMED_COLUMNS = "workflow_id, name, input, run_id, attempt, steps"
+# input and steps come back as JSON text, decoded per workflow by
+# _runtime.context_from_claim: a row that cannot be decoded (nested too deep
+# for Python's decoder, written by an old version) then fails alone instead
+# of taking the whole claimed batch down inside fetchall().
+_CLAIMED_COLUMNS = "workflow_id, name, input::text as input, run_id, attempt, steps::text as steps"
 CLAIM = f"""select {_CLAIMED_COLUMNS} from ratchet.claim(
   queues => %(queues)s::text[], worker_id => %(worker_id)s::text,
   max_count => %(max_count)s::int, lease => %(lease)s::float8 * interval '1 second')"""

@@ -154,6 +154,33 @@ def _retry_delay(app: App, name: str, attempt: int) -> float | None:
     return float(min(wf.retry_interval * wf.retry_backoff ** (attempt - 1), wf.retry_max_delay))
 
 
+def context_from_claim(app: App, row: dict[str, Any], worker_id: str,
+                       lease: float) -> WorkflowContext | None:
+    """The context of a claimed row, or None when its input or recorded steps
+    cannot be decoded (nested deeper than Python's decoder goes, invalid data
+    written by an old version): then that workflow alone fails, with the
+    reason stored as its error, and the rest of the claimed batch runs."""
+    try:
+        return WorkflowContext.from_claim(app, row, worker_id, lease)
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+    workflow_id = str(row.get("workflow_id"))
+    logger.error("ratchet: workflow %s has an input or recorded step this worker cannot "
+                 "decode (%s); failing it", workflow_id, reason,
+                 extra={"workflow_id": workflow_id, "run_id": row.get("run_id")})
+    error = {"type": "UndecodableInput",
+             "message": f"the workflow's input or recorded steps cannot be decoded as JSON "
+                        f"by the worker ({reason[:1000]})",
+             "traceback": None}
+    try:
+        app._db.fetchone(_db.FAIL, (workflow_id, row.get("run_id"),
+                                    dumps(error, "the workflow error"), None))
+    except Exception as fail_exc:  # its lease expires; recovery retries the failure
+        logger.warning("ratchet: could not record the failure of workflow %s: %s",
+                       workflow_id, fail_exc, extra={"workflow_id": workflow_id})
+    return None
+
+
 def release(ctx: WorkflowContext, why: str) -> bool:
     """Hand the workflow back (suspend until now, costing no attempt) so any
     worker can claim it at once. Quietly does nothing if the run is no longer
@@ -561,7 +588,9 @@ def run_directly(app: App, workflow_id: str, worker_id: str, lease: float) -> An
         rows = app._db.fetchall(_db.CLAIM_WORKFLOW, {"workflow_id": workflow_id,
                                                      "worker_id": worker_id, "lease": lease})
         for row in rows:
-            run_workflow(WorkflowContext.from_claim(app, dict(row), worker_id, lease))
+            ctx = context_from_claim(app, dict(row), worker_id, lease)
+            if ctx is not None:
+                run_workflow(ctx)
         done, status = wait_for(app, ENDED, workflow_id, ended, app.poll_interval)
         if done:
             return _raise_outcome(workflow_id, status["status"], status["output"],
@@ -577,8 +606,9 @@ def nested_run(parent: WorkflowContext, workflow_id: str) -> None:
     except psycopg.Error as exc:  # e.g. a lost connection: stops the parent's run, not fails it
         raise parent.run_error(exc) from exc
     for row in rows:
-        run_workflow(WorkflowContext.from_claim(parent.app, dict(row), parent.worker_id,
-                                                parent.lease))
+        ctx = context_from_claim(parent.app, dict(row), parent.worker_id, parent.lease)
+        if ctx is not None:
+            run_workflow(ctx)
 
 
 def workflow_id() -> str | None:

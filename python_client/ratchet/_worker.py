@@ -175,7 +175,10 @@ class Worker:
             return 0
         self._claim_backoff = 0.0
         for row in rows:
-            ctx = WorkflowContext.from_claim(self.app, dict(row), self.worker_id, self.lease)
+            ctx = _runtime.context_from_claim(self.app, dict(row), self.worker_id, self.lease)
+            if ctx is None:  # undecodable: failed alone, its neighbours run
+                self.outcomes["undecodable"] = self.outcomes.get("undecodable", 0) + 1
+                continue
             with self._lock:
                 self._active[ctx.workflow_id] = ctx
             thread = threading.Thread(target=self._run_one, args=(ctx,), daemon=True,
