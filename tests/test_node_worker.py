@@ -484,3 +484,58 @@ def test_node_sleep_step_errors_and_retries(conn: Connection, spawn: Callable[..
         [("charge_card", None, "card declined")]
     assert rows["flaky"]["output"] == {"attempt": 2, "replayed": "StepError",
                                        "message": "card declined"}
+
+
+# ---------------------------------------------------------------- hostile inputs
+
+#: Inputs that are valid JSONB but hostile to a client: stored by the owner
+#: (bypassing start_workflow's checks, as data of an old version would be).
+HOSTILE_INPUTS: dict[str, str] = {
+    "deep": "[" * 5000 + "]" * 5000,                       # RecursionError in Python
+    "deep-object": '{"a":' * 3000 + "1" + "}" * 3000,
+    "huge-string": json.dumps({"order_id": 1, "pad": "x" * 900_000}),
+    "beyond-float": '{"order_id": 1e400}',                  # inf in Python, Infinity in JS
+    "negative-beyond-float": '{"order_id": -1e400, "x": 1e-400}',
+    "escaped-surrogate-text": json.dumps({"order_id": 2, "s": "\\ud800 \\udfff"}),
+    "unicode": json.dumps({"order_id": 3, "s": "\U0001F600\u200b\u202e\ufeff"}),
+    "wrong-shape": '"just a string"',
+    "null": "null",
+}
+
+
+@pytest.mark.parametrize("language", ["node", "python"])
+def test_hostile_inputs_never_stop_a_worker(conn: Connection, spawn: Callable[..., Proc],
+                                            language: str) -> None:
+    # Invalid UTF-16 escapes never get in: PostgreSQL refuses them before Ratchet runs.
+    with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+        conn.execute("select ratchet.start_workflow('polyglot_order', input => %s::jsonb)",
+                     ['{"s": "\\ud800"}'])
+    for wid, doc in HOSTILE_INPUTS.items():
+        conn.execute(
+            "insert into ratchet.workflows (workflow_id, name, queue, input, start_at, "
+            "created_at, updated_at) values (%s, 'polyglot_order', 'default', %s::jsonb, "
+            "now(), now(), now())", [wid, doc])
+    normal = start_orders(conn, "normal", [10, 11, 12])
+    proc = spawn(language, f"{language}-hostile", "--concurrency", "16")
+    ids = [*HOSTILE_INPUTS, *normal]
+    poll(lambda: count_status(conn, ids, "enqueued") + count_status(conn, ids, "running") == 0,
+         timeout=60, what="every hostile workflow to end", logs=proc.text)
+    rows = {r["workflow_id"]: r for r in conn.execute(  # not the inputs: the test decodes too
+        "select workflow_id, status, error, attempts from ratchet.workflows "
+        "where workflow_id = any(%s)", [ids]).fetchall()}
+    for wid in ids:
+        row = rows[wid]
+        # it succeeded (the input is valid JSON for this client), or it ended
+        # with a stored error; never left running or crash-looping
+        assert row["status"] in ("succeeded", "failed"), (wid, row["status"], row["error"])
+        if row["status"] == "failed":
+            assert row["error"] and row["error"].get("message"), (wid, row)
+        assert row["attempts"] == 1, (wid, row["attempts"], row["error"])
+    for wid in normal:
+        assert rows[wid]["status"] == "succeeded"
+    if language == "python":
+        assert rows["deep"]["error"]["type"] == "UndecodableInput"
+    assert proc.popen.poll() is None, proc.text()  # still up, and still serving:
+    [late] = start_orders(conn, "late", [13])
+    poll(lambda: count_status(conn, [late], "succeeded") == 1, timeout=30,
+         what="a workflow started after the hostile ones", logs=proc.text)

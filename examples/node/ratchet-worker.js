@@ -58,7 +58,9 @@ const pg = require('pg');
 
 /** Every statement this worker sends. Named notation, static text, so plans stay cached. */
 const SQL = Object.freeze({
-  claim: `select workflow_id, name, input, run_id, attempt, steps
+  // input and steps as JSON text, parsed per row in #claim: a row that cannot
+  // be parsed fails alone instead of rejecting the whole claimed batch
+  claim: `select workflow_id, name, input::text as input, run_id, attempt, steps::text as steps
             from ratchet.claim(queues => $1::text[], worker_id => $2::text,
                                max_count => $3::int, lease => $4::float8 * interval '1 second')`,
   heartbeat: `select ratchet.heartbeat(worker_id => $1::text,
@@ -365,6 +367,16 @@ class Run {
       }
       if (code === 'RT003') throw this.end('release', `duplicate step (RT003): ${err.message}`);
       if (isConnectionError(err)) throw this.end('release', `database connection problem: ${err.message}`);
+      // Only the workflow's code may fail a step or a workflow. An RT error
+      // about the data (RT005: an output over 1 MiB) is the workflow's; any
+      // other database error of this call (serialization failure, duplicate
+      // prepared statement behind a pooler, admin shutdown, RT007) is
+      // plumbing: log it and release the run, recording nothing.
+      if (typeof code === 'string' && (!code.startsWith('RT') || code === 'RT007' || code === 'RT009')) {
+        this.worker.log.warn(`workflow ${this.workflowId}: database error in Ratchet's own call ` +
+          `(SQLSTATE ${code}): ${err.message}; releasing the run, nothing is recorded`);
+        throw this.end('release', `database error (${code}): ${err.message}`);
+      }
       throw err;
     }
   }
@@ -701,6 +713,13 @@ class Worker extends EventEmitter {
       return 0;
     }
     for (const row of rows) {
+      try {
+        row.input = JSON.parse(row.input);
+        row.steps = JSON.parse(row.steps);
+      } catch (err) {
+        await this.#failUndecodable(row, err);
+        continue;
+      }
       const run = new Run(this, row);
       this.#active.set(run.workflowId, run);
       const task = this.#execute(run).finally(() => {
@@ -711,6 +730,26 @@ class Worker extends EventEmitter {
       this.#tasks.add(task);
     }
     return rows.length;
+  }
+
+  /**
+   * A claimed row whose input or recorded steps cannot be parsed (nested too
+   * deep for the parser, data of an old version) fails alone with a stored
+   * error; its batch neighbours run. If even that fails, its lease expires.
+   * @param {{workflow_id: string, run_id: string}} row @param {unknown} err
+   */
+  async #failUndecodable(row, err) {
+    const reason = String(/** @type {any} */ (err)?.message ?? err).slice(0, 1000);
+    this.log.error(`workflow ${row.workflow_id} has an input or recorded step this worker ` +
+      `cannot decode (${reason}); failing it`);
+    const error = { type: 'UndecodableInput', traceback: null,
+      message: `the workflow's input or recorded steps cannot be decoded as JSON by the worker (${reason})` };
+    try {
+      await this.pool.query(SQL.fail, [row.workflow_id, String(row.run_id), JSON.stringify(error), null]);
+    } catch (failErr) {
+      this.log.warn(`could not record the failure of ${row.workflow_id}: ${failErr.message}`);
+    }
+    this.emit('ended', { workflowId: row.workflow_id, runId: String(row.run_id), outcome: 'undecodable' });
   }
 
   // -- running one workflow -------------------------------------------------
