@@ -2,7 +2,9 @@
 
 Each call either succeeds or raises an RT error (never a raw constraint
 violation, overflow or internal error), and afterwards the tables' invariants
-still hold.
+still hold. The second half makes the same calls as ratchet_worker and
+ratchet_client from hostile sessions (every ratchet.* setting and the
+search_path set against Ratchet) and checks nobody bent time or stole a lease.
 """
 
 from __future__ import annotations
@@ -192,5 +194,123 @@ def test_random_arguments_give_success_or_rt_error(
             assert exc.diag.message_hint, f"RT error without hint: {exc}"
         row = conn.execute(INVARIANTS).fetchone()
         assert row is not None and set(row.values()) == {0}, row
+
+    check()
+
+
+# -- hostile sessions (issue 14) ------------------------------------------------
+#
+# The same calls, made as ratchet_worker and as ratchet_client, in a session
+# that sets every ratchet.* setting to hostile values and a search_path that
+# shadows pg_catalog's functions and operators, in a database whose fake clock
+# is off (as in production). Every call succeeds, is refused with an RT error,
+# or (for a function the role is not granted) with permission denied; then
+# the invariants hold and nobody bent time or stole the victim's lease.
+
+HOSTILE_GUCS: dict[str, Any] = {
+    "ratchet.fake_now": st.sampled_from(
+        ["", "infinity", "-infinity", "garbage", "99999-01-01", "2999-01-01Z", "1900-01-01Z",
+         "now", "epoch", "2030-01-01 00:00Z", "'; drop table ratchet.workflows; --"]),
+    "ratchet.notify": st.sampled_from(["", "off", "on", "garbage", "1e400"]),
+    "ratchet.cron_zones": st.sampled_from(["", "|est5edt4|", "|no/such_zone|", "x" * 9000]),
+    "ratchet.anything": st.sampled_from(["", "-1", "infinity", "9" * 400]),
+}
+HOSTILE_PATHS = st.sampled_from(
+    ["evil, pg_catalog", "evil, pg_temp, pg_catalog", "pg_temp, evil, public", "evil"])
+
+EVIL_SCHEMA = """
+create schema evil;
+grant usage on schema evil to public;
+create function evil.now() returns timestamptz language sql as $$ select 'infinity'::timestamptz $$;
+create function evil.clock_timestamp() returns timestamptz language sql
+  as $$ select 'infinity'::timestamptz $$;
+create function evil.length(text) returns int language sql as $$ select 0 $$;
+create function evil.octet_length(text) returns int language sql as $$ select 0 $$;
+create function evil.lt(timestamptz, timestamptz) returns boolean language sql as $$ select true $$;
+create operator evil.< (leftarg = timestamptz, rightarg = timestamptz, function = evil.lt);
+create table evil.workflows (workflow_id text);
+grant execute on all functions in schema evil to public;
+"""
+
+VICTIM_INTACT = """
+select (status <> 'running' or run_id = %(run)s) as not_stolen,
+       coalesce(lease_expires_at <= clock_timestamp() + interval '1 day 1 minute', true) as lease_bounded
+  from ratchet.workflows where workflow_id = 'victim'
+"""
+
+TIME_BOUNDS = """
+select count(*) filter (where not isfinite(start_at) and wait_for is null) as infinite_start,
+       count(*) filter (where created_at > clock_timestamp() + interval '1 minute'
+                           or created_at < clock_timestamp() - interval '1 hour') as bent_created,
+       count(*) filter (where lease_expires_at > clock_timestamp() + interval '1 day 1 minute'
+                           or not isfinite(lease_expires_at)) as unbounded_lease
+  from ratchet.workflows
+"""
+
+
+@pytest.mark.parametrize("role", ["ratchet_worker", "ratchet_client"])
+@pytest.mark.parametrize("template,strategies", CALLS, ids=[c[0].split("(")[0][15:] for c in CALLS])
+def test_hostile_sessions_of_each_role(
+    conn: Conn, connect: Any, template: str, strategies: list[Any], role: str
+) -> None:
+    conn.execute("update ratchet.settings set fake_clock_enabled = false")
+    conn.execute(EVIL_SCHEMA)
+    wid = start(conn, "wf", workflow_id="victim")
+    [c] = claim(conn)
+    query = template.replace("{wid}", f"'{wid}'").replace("{run}", str(c["run_id"]))
+    kinds = [part.split(")")[0] for part in query.split("%s")[1:]]
+    fn = query.split("(")[0].split()[-1]
+    granted = conn.execute(
+        "select bool_or(has_function_privilege(%s, p.oid, 'execute')) as ok from pg_proc p"
+        " join pg_namespace n on n.oid = p.pronamespace"
+        " where n.nspname = 'ratchet' and p.proname = %s",
+        [role, fn.split(".")[1]]).fetchone()
+    assert granted is not None
+    hostile = connect()
+    hostile.execute(f"set role {role}")
+
+    def adapt(kind: str, value: Any) -> Any:
+        if kind.startswith("::jsonb[]"):
+            return None if value is None else [psycopg.types.json.Jsonb(v) for v in value]
+        if kind.startswith("::jsonb"):
+            return None if value is None else psycopg.types.json.Jsonb(value)
+        if kind.startswith("::interval"):
+            return interval_param(value)
+        return value
+
+    @settings(
+        max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), database=None
+    )
+    @given(st.tuples(*strategies), st.fixed_dictionaries(HOSTILE_GUCS), HOSTILE_PATHS)
+    def check(args: tuple[Any, ...], gucs: dict[str, str], path: str) -> None:
+        # settings first (under the real search_path), then the hostile path
+        hostile.execute("reset search_path")
+        for name, value in gucs.items():
+            hostile.execute("select set_config(%s, %s, false)", [name, value])
+        hostile.execute("select set_config('search_path', %s, false)", [path])
+        params = [adapt(k, v) for k, v in zip(kinds, args, strict=True)]
+        try:
+            # the statement itself names pg_catalog casts only; the functions
+            # must not care about the session's path
+            hostile.execute(query, params)
+        except psycopg.Error as exc:
+            if exc.sqlstate == "42501":
+                assert not granted["ok"], f"{role} is granted {fn} but got: {exc}"
+            else:
+                assert exc.sqlstate and exc.sqlstate.startswith("RT"), (
+                    f"{query} as {role} with {params!r}, {gucs!r}, search_path {path}"
+                    f" raised {exc.sqlstate}: {exc}"
+                )
+                assert exc.diag.message_hint, f"RT error without hint: {exc}"
+        if gucs["ratchet.fake_now"]:  # the clock cannot be bent in this database
+            with pytest.raises(psycopg.Error) as info:
+                hostile.execute("select ratchet.now()")
+            assert info.value.sqlstate == "RT007", info.value
+        row = conn.execute(INVARIANTS).fetchone()
+        assert row is not None and set(row.values()) == {0}, row
+        row = conn.execute(TIME_BOUNDS).fetchone()
+        assert row is not None and set(row.values()) == {0}, row
+        victim = conn.execute(VICTIM_INTACT, {"run": c["run_id"]}).fetchone()
+        assert victim is None or (victim["not_stolen"] and victim["lease_bounded"]), victim
 
     check()
