@@ -239,3 +239,42 @@ def test_deeply_nested_json_is_refused_everywhere(conn: Conn, connect: Connect) 
     assert conn.execute("select count(*) as n from ratchet.steps").fetchone() == {"n": 0}
     assert conn.execute("select status from ratchet.workflows where workflow_id = %s",
                         [wid]).fetchone() == {"status": "running"}
+
+
+# -- grants and SECURITY DEFINER hygiene ------------------------------------------
+
+
+def test_grants_follow_least_privilege(conn: Conn) -> None:
+    public = conn.execute(
+        "select p.oid::regprocedure::text as fn from pg_proc p join pg_namespace n"
+        " on n.oid = p.pronamespace where n.nspname = 'ratchet'"
+        " and has_function_privilege('public', p.oid, 'execute')").fetchall()
+    assert public == []
+    # internal helpers a role may call run with the caller's rights
+    helpers = conn.execute(
+        "select p.oid::regprocedure::text as fn, p.prosecdef from pg_proc p join pg_namespace n"
+        " on n.oid = p.pronamespace where n.nspname = 'ratchet' and p.proname like '\\_%'"
+        " and (has_function_privilege('ratchet_worker', p.oid, 'execute')"
+        "      or has_function_privilege('ratchet_client', p.oid, 'execute'))").fetchall()
+    assert helpers and not any(h["prosecdef"] for h in helpers), helpers
+    writes = conn.execute(
+        "select c.relname, r.role from pg_class c join pg_namespace n on n.oid = c.relnamespace,"
+        " unnest(array['ratchet_worker', 'ratchet_client']) r(role)"
+        " where n.nspname = 'ratchet' and c.relkind = 'r' and"
+        " (has_table_privilege(r.role, c.oid, 'insert') or has_table_privilege(r.role, c.oid, 'update')"
+        "  or has_table_privilege(r.role, c.oid, 'delete') or has_table_privilege(r.role, c.oid, 'truncate'))"
+    ).fetchall()
+    assert writes == []
+    assert conn.execute("select has_schema_privilege('ratchet_worker', 'ratchet', 'create') or"
+                        " has_schema_privilege('ratchet_client', 'ratchet', 'create') as c"
+                        ).fetchone() == {"c": False}
+
+
+def test_cron_helpers_work_for_both_roles(connect: Connect) -> None:
+    for role in ("ratchet_worker", "ratchet_client"):
+        c = as_role(connect, role)
+        row = c.execute("select ratchet.cron_next('0 3 * * *', '2030-01-01Z', 'Europe/Paris')"
+                        " as t").fetchone()
+        assert row is not None and row["t"] is not None
+        with raises_sqlstate("RT005"):
+            c.execute("select ratchet.cron_parse('61 * * * *')")
