@@ -278,3 +278,97 @@ def test_cron_helpers_work_for_both_roles(connect: Connect) -> None:
         assert row is not None and row["t"] is not None
         with raises_sqlstate("RT005"):
             c.execute("select ratchet.cron_parse('61 * * * *')")
+
+
+# -- every text parameter is bounded ------------------------------------------------
+
+HUGE = "x" * 10_000
+
+#: every public function with a text (or text[]) parameter, called with a
+#: 10,000-byte value in it: an RT error (RT005 for values that would be
+#: stored or compared as names, RT004 for lookups of ids that cannot exist)
+BOUNDED_CALLS = [
+    ("select ratchet.start_workflow(%s)", "RT005"),
+    ("select ratchet.start_workflow('wf', workflow_id => %s)", "RT005"),
+    ("select ratchet.start_workflow('wf', queue => %s)", "RT005"),
+    ("select ratchet.start_workflow('wf', dedup_key => %s)", "RT005"),
+    ("select ratchet.start_workflow('wf', parent_id => %s)", "RT004"),
+    ("select ratchet.start_workflows(%s, array['{}'::jsonb])", "RT005"),
+    ("select ratchet.start_workflows('wf', array['{}'::jsonb], workflow_ids => array[%s])", "RT005"),
+    ("select ratchet.get_workflow(%s)", "RT004"),
+    ("select ratchet.get_steps(%s)", "RT004"),
+    ("select ratchet.wait_result(%s)", "RT004"),
+    ("select ratchet.send(%s, '1')", "RT005"),
+    ("select ratchet.send('victim', '1', topic => %s)", "RT005"),
+    ("select ratchet.send('victim', '1', idempotency_key => %s)", "RT005"),
+    ("select ratchet.get_event('victim', %s)", "RT005"),
+    ("select ratchet.get_event(%s, 'k')", "RT004"),
+    ("select ratchet.claim(array['default'], %s)", "RT005"),
+    ("select ratchet.claim_workflow('victim', %s)", "RT005"),
+    ("select ratchet.heartbeat(%s)", "RT005"),
+    ("select ratchet.cancel(%s)", "RT004"),
+    ("select ratchet.resume(%s)", "RT004"),
+    ("select ratchet.fork('victim', 0, %s)", "RT005"),
+    ("select ratchet.create_queue(%s)", "RT005"),
+    ("select ratchet.pause_queue(%s)", "RT005"),
+    ("select ratchet.resume_queue(%s)", "RT005"),
+    ("select ratchet.schedule(%s, '@daily', 'wf')", "RT005"),
+    ("select ratchet.schedule('s', %s, 'wf')", "RT005"),
+    ("select ratchet.schedule('s', '@daily', %s)", "RT005"),
+    ("select ratchet.schedule('s', '@daily', 'wf', queue => %s)", "RT005"),
+    ("select ratchet.schedule('s', '@daily', 'wf', timezone => %s)", "RT005"),
+    ("select ratchet.cron_parse(%s)", "RT005"),
+    ("select ratchet.cron_next(%s, now())", "RT005"),
+    ("select ratchet.cron_next('@daily', now(), %s)", "RT005"),
+    ("select ratchet.cron_prev(%s, now())", "RT005"),
+]
+
+
+@pytest.mark.parametrize("call,code", BOUNDED_CALLS, ids=[c for c, _ in BOUNDED_CALLS])
+def test_every_text_parameter_is_bounded(conn: Conn, connect: Connect, call: str, code: str) -> None:
+    start(conn, workflow_id="victim")
+    before = conn.execute("select count(*) as n from ratchet.workflows").fetchone()
+    role = "ratchet_worker" if "claim" in call or "heartbeat" in call else "ratchet_client"
+    c = as_role(connect, role)
+    with raises_sqlstate(code):
+        c.execute(call, [HUGE])
+    assert conn.execute("select count(*) as n from ratchet.workflows").fetchone() == before
+    assert conn.execute("select count(*) as n from ratchet.schedules").fetchone() == {"n": 0}
+
+
+def test_unschedule_and_worker_writes_bound_their_text(conn: Conn, connect: Connect) -> None:
+    wid = start(conn)
+    worker = as_role(connect, "ratchet_worker")
+    [row] = claim(worker)
+    run = row["run_id"]
+    for call in ("select ratchet.record_step(%s, %s, 0, %s)",
+                 "select ratchet.set_event(%s, %s, 0, %s, '1')",
+                 "select ratchet.recv(%s, %s, 0, %s)",
+                 "select ratchet.suspend(%s, %s, 'infinity', 'message', %s)",
+                 "select ratchet.suspend(%s, %s, 'infinity', 'child', %s)"):
+        with raises_sqlstate("RT005"):
+            worker.execute(call, [wid, run, HUGE])
+    client = as_role(connect, "ratchet_client")
+    assert client.execute("select ratchet.unschedule(%s) as d", [HUGE]).fetchone() == {"d": False}
+    assert conn.execute("select status, run_id from ratchet.workflows").fetchone() == \
+        {"status": "running", "run_id": run}
+
+
+def test_read_only_recipe_from_the_security_doc(conn: Conn, connect: Connect) -> None:
+    start(conn)
+    conn.execute("create role ratchet_readonly nologin")
+    try:
+        conn.execute("grant usage on schema ratchet to ratchet_readonly")
+        conn.execute("grant select on ratchet.queue_stats, ratchet.workflows, ratchet.steps"
+                     " to ratchet_readonly")
+        conn.execute("grant execute on function ratchet.now(), ratchet.get_workflow(text),"
+                     " ratchet.get_steps(text), ratchet.list_schedules() to ratchet_readonly")
+        ro = as_role(connect, "ratchet_readonly")
+        assert ro.execute("select enqueued_due from ratchet.queue_stats").fetchone() == \
+            {"enqueued_due": 1}
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            start(ro)
+        ro.close()
+    finally:
+        conn.execute("drop owned by ratchet_readonly")
+        conn.execute("drop role ratchet_readonly")

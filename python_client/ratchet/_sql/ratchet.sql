@@ -837,6 +837,10 @@ declare
   v_pause double precision := 0.005;
   v_wf ratchet.workflows;
 begin
+  if p_timeout > interval '1 day' then
+    perform ratchet._raise('RT005', pg_catalog.format('timeout must be at most 1 day, got %s', p_timeout),
+      'wait in a loop, or LISTEN on "ratchet.ended" instead of holding a session for longer');
+  end if;
   loop
     v_wf := ratchet.get_workflow(p_workflow_id);
     exit when v_wf.status in ('succeeded', 'failed', 'cancelled', 'dead')
