@@ -539,3 +539,31 @@ def test_hostile_inputs_never_stop_a_worker(conn: Connection, spawn: Callable[..
     [late] = start_orders(conn, "late", [13])
     poll(lambda: count_status(conn, [late], "succeeded") == 1, timeout=30,
          what="a workflow started after the hostile ones", logs=proc.text)
+
+
+def test_node_infrastructure_error_is_never_a_step_error(conn: Connection,
+                                                        spawn: Callable[..., Proc]) -> None:
+    # The first checkpoint insert fails like a pooler's duplicate prepared
+    # statement: Ratchet's plumbing, not the workflow's failure.
+    conn.execute("create sequence fault_seq")
+    conn.execute("""
+        create function fault() returns trigger language plpgsql as $$
+        begin
+          if pg_catalog.nextval('public.fault_seq') = 1 then
+            raise exception using errcode = '42P05', message = 'induced fault';
+          end if;
+          return new;
+        end $$""")
+    conn.execute("create trigger fault before insert on ratchet.steps "
+                 "for each row execute function fault()")
+    [wid] = start_orders(conn, "infra", [7])
+    proc = spawn("node", "node-infra")
+    poll(lambda: count_status(conn, [wid], "succeeded") == 1, timeout=30,
+         what="the workflow to succeed after the fault", logs=proc.text)
+    row = conn.execute("select error, attempts from ratchet.workflows where workflow_id = %s",
+                       [wid]).fetchone()
+    assert row == {"error": None, "attempts": 1}, row
+    errors = conn.execute("select count(*) as n from ratchet.steps where error is not null"
+                          ).fetchone()
+    assert errors == {"n": 0}
+    assert "releasing the run" in proc.log.read_text()
