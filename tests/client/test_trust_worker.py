@@ -10,11 +10,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import ratchet
 
@@ -109,3 +112,63 @@ def test_infrastructure_error_is_never_a_step_error(
     steps = conn.execute("select name, output, error from ratchet.steps").fetchall()
     assert steps == [{"name": "charge", "output": "charged", "error": None}]
     assert len(calls) == 2  # ran again after the release; never checkpointed as failed
+
+
+# -- fuzz: hostile JSON the SQL API would now refuse, stored by the owner ----------
+
+
+_scalars = st.one_of(
+    st.sampled_from(["1e400", "-1e400", "1e-400", "123456789012345678901234567890.5", "null",
+                     "true", '"\\\\ud800"', '"\\u202e\\ufeff"', '"\\ud83d\\ude00"']),
+    st.integers().map(str),
+    st.text(alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"),
+            max_size=50).map(json.dumps),  # PostgreSQL refuses \u0000 and lone surrogates
+    st.integers(0, 200_000).map(lambda n: json.dumps("x" * n)),
+)
+
+
+@st.composite
+def _hostile_docs(draw: st.DrawFn) -> str:
+    inner = draw(_scalars)
+    depth = draw(st.one_of(st.integers(0, 5), st.integers(90, 110), st.integers(900, 3000)))
+    opener, closer = draw(st.sampled_from([("[", "]"), ('{"k":', "}")]))
+    return opener * depth + inner + closer * depth
+
+
+def test_fuzzed_hostile_inputs_end_with_a_stored_error_or_succeed(
+    app: ratchet.App, conn: psycopg.Connection[Any],
+    run_worker: Callable[..., ratchet.Worker], wait_until: Callable[..., Any],
+) -> None:
+    @app.workflow(name="double")
+    def double(*args: Any, **kwargs: Any) -> Any:
+        return {"args": args, "kwargs": kwargs}
+
+    worker = run_worker(app, concurrency=32)
+    batch = [0]
+
+    @settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck),
+              database=None)
+    @given(st.lists(_hostile_docs(), min_size=5, max_size=15))
+    def check(docs: list[str]) -> None:
+        batch[0] += 1
+        ids = [f"fuzz-{batch[0]}-{i}" for i in range(len(docs))]
+        for wid, doc in zip(ids, docs, strict=True):
+            _insert_poison(conn, wid, doc)
+
+        def ended() -> bool:
+            row = conn.execute("select count(*) as n from ratchet.workflows where "
+                               "workflow_id = any(%s) and status in ('enqueued', 'running')",
+                               [ids]).fetchone()
+            return bool(row and row["n"] == 0)
+
+        wait_until(ended, timeout=60, what="the fuzzed workflows to end")
+        for row in conn.execute("select workflow_id, status, error, attempts from "
+                                "ratchet.workflows where workflow_id = any(%s)", [ids]):
+            assert row["attempts"] == 1, row
+            assert row["status"] in ("succeeded", "failed"), row
+            if row["status"] == "failed":
+                assert row["error"]["type"] and row["error"]["message"], row
+        assert worker.wait_stopped(0) is False  # still running
+
+    check()
+    assert app.start(double, 1).result(timeout=10) == {"args": [1], "kwargs": {}}
