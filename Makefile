@@ -8,7 +8,7 @@
 # `make help` lists the targets.
 
 EXTENSION   = ratchet
-EXTVERSION  = 0.1.0
+EXTVERSION  = 0.2.0
 SQLOUT      = python_client/ratchet/_sql
 SOURCES     = $(sort $(wildcard sql/[0-9]*.sql))
 EXT_SCRIPT  = $(SQLOUT)/$(EXTENSION)--$(EXTVERSION).sql
