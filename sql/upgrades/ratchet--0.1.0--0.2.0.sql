@@ -1,0 +1,25 @@
+-- Upgrade preamble: ratchet 0.1.0 -> 0.2.0. Hand-written; sql/build.sh turns it
+-- into python_client/ratchet/_sql/ratchet--0.1.0--0.2.0.sql (ALTER EXTENSION
+-- ratchet UPDATE) and ratchet-plain--0.1.0--0.2.0.sql (plain-SQL installs) by
+-- putting a version guard (RT008) before it and every sql/*.sql except
+-- 10_tables.sql after it, with `create function|view` as `create or replace`.
+--
+-- What belongs here, and only here:
+--   * what sql/10_tables.sql changes since 0.1.0: new tables, columns, types,
+--     indexes, constraints, sequences, with the backfill of existing rows
+--     (10_tables.sql stays the truth for a fresh install; write these so the
+--     result is the same catalog, including comments and column order);
+--   * `drop function if exists ratchet.f(<0.1.0 argument types>);` for every
+--     function whose signature, argument names, defaults or return type change,
+--     or that is removed (create or replace cannot change those);
+--   * `drop view if exists ratchet.v;` for every view whose columns change.
+-- Lines tagged `-- @extension-only` are left out of the plain-SQL upgrade.
+-- The whole upgrade runs in one transaction. Rows of workflows in flight
+-- (enqueued, running, sleeping, waiting) must stay claimable and their recorded
+-- steps untouched: tests/sql/test_upgrade.py runs such workflows across the
+-- upgrade and compares the upgraded catalog with a fresh 0.2.0 install.
+--
+-- One section per change, headed `-- ---- <who>: <what> ----`.
+
+-- ---- upgrade: 0.2.0 release (no table changes) ----
+-- Roles became optional (sql/90_views_grants.sql); nothing to migrate.
