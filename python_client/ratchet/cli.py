@@ -136,7 +136,7 @@ def _query(args: argparse.Namespace, query: str, params: Any = None) -> list[dic
 def cmd_install(args: argparse.Namespace) -> int:
     from ._install import install
 
-    message = install(resolve_dsn(args.dsn), plain=bool(args.plain))
+    message = install(resolve_dsn(args.dsn), plain=True if args.plain else None)
     if args.json:
         _print_json({"result": message})
     else:
@@ -368,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, help_: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_, description=help_, parents=[common])
 
-    p = add("install", "install ratchet into the database (CREATE EXTENSION, or plain SQL)")
+    p = add("install", "install ratchet into the database (CREATE EXTENSION, or plain SQL), "
+                       "or upgrade it to this package's version")
     p.add_argument("--plain", action="store_true",
                    help="run the plain-SQL script (for servers without the extension files, "
                         "e.g. managed PostgreSQL)")
