@@ -19,7 +19,7 @@ PLAIN_SCRIPT = $(SQLOUT)/$(EXTENSION).sql
 # the released install scripts live, as shipped, in sql/released/
 PREAMBLES   = $(wildcard sql/upgrades/$(EXTENSION)--*--$(EXTVERSION).sql)
 UPGRADES    = $(addprefix $(SQLOUT)/,$(notdir $(PREAMBLES)))
-RELEASED    = $(wildcard sql/released/$(EXTENSION)--*.sql)
+RELEASED    = $(wildcard sql/released/$(EXTENSION)--*.sql sql/released/$(EXTENSION)--*.control)
 
 PG_CONFIG  ?= pg_config
 # Everything Python runs from a virtualenv that `make` creates on first use,

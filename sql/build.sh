@@ -112,7 +112,8 @@ build_one() { # kind version out [preamble] sources...
           printf '%s\n' '\echo Use "CREATE EXTENSION ratchet" to load this file. \quit'
         else
           echo 'BEGIN;'
-          cat <<'EOF'
+        fi
+        cat <<'EOF'
 do $guard$
 begin
   if exists (select 1 from pg_catalog.pg_namespace where nspname = 'ratchet') then
@@ -120,13 +121,18 @@ begin
       message = 'a schema named ratchet already exists in this database',
       hint = case when pg_catalog.to_regprocedure('ratchet.version()') is not null
                   then 'ratchet is already installed; to upgrade it run `ratchet install` or the plain upgrade script'
+                  when not exists (select 1 from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace where n.nspname = 'ratchet')
+                   and not exists (select 1 from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace where n.nspname = 'ratchet')
+                  then 'it is empty (DROP EXTENSION of a database first installed at 0.1.0 leaves it): DROP SCHEMA ratchet, then install again'
                   else 'it was not created by Ratchet: rename or drop it, or install Ratchet into another database' end;
   end if;
 end
 $guard$;
 EOF
-          echo 'CREATE SCHEMA ratchet;'
-        fi
+        # The script creates the schema (ratchet.control says schema =
+        # pg_catalog), so it is a member of the extension and DROP EXTENSION
+        # drops it: nothing is left behind.
+        echo 'CREATE SCHEMA ratchet;'
         emit_sources "$kind" "$version" "$@" ;;
       upgrade|plain-upgrade)
         preamble=$1; shift

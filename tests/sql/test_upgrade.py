@@ -18,6 +18,7 @@ it checks what `make install` installs.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import shutil
 import subprocess
@@ -194,6 +195,21 @@ def upgrade_script(dsn: str, mode: str) -> None:
         else:
             c.execute((SQL_OUT / f"ratchet-plain--{OLD}--{NEW}.sql").read_text())
         assert c.execute("select ratchet.version()").fetchone() == (NEW,)
+
+
+# ---------------------------------------------------------------- released
+
+# What 0.1.0 users have: these files never change (a new release adds files).
+RELEASED_SHA256 = {
+    "ratchet--0.1.0.sql": "527f3171598831a7f390cecfbd279db76340bd8bf0aa5c4f03bd1fe1f8ba4d7d",
+    "ratchet-plain--0.1.0.sql": "f71e428fcf4b5a932495f9e7d6ad5e5a4330a7ed7cbe8e5c5e655cc40136b2b4",
+}
+
+
+def test_released_scripts_are_as_released() -> None:
+    for name, digest in RELEASED_SHA256.items():
+        assert hashlib.sha256((RELEASED / name).read_bytes()).hexdigest() == digest, (
+            f"sql/released/{name} changed: released scripts are what users have installed")
 
 
 # ---------------------------------------------------------------- (a) in flight
@@ -425,12 +441,34 @@ def catalog_diff(upgraded: dict[str, list[str]], fresh: dict[str, list[str]]) ->
     return "\n".join(out)
 
 
+# What an upgraded 0.1.0 extension keeps, and PostgreSQL cannot change: 0.1.0's
+# control file let CREATE EXTENSION make schema ratchet (so it is not a member,
+# and a schema holding its extension cannot be added to it) and recorded the
+# extension in it. From 0.2.0 the script creates the schema. docs/upgrading.md
+# tells these databases to DROP SCHEMA ratchet after DROP EXTENSION.
+FROM_0_1_0 = {
+    "extension": {
+        ("-", f"extension version={NEW} relocatable=false schema=pg_catalog"),
+        ("+", f"extension version={NEW} relocatable=false schema=ratchet"),
+        ("-", "member schema ratchet"),
+    }
+}
+
+
 def test_upgraded_catalog_equals_a_fresh_install(new_db: Callable[[], str], mode: str) -> None:
     upgraded, fresh = new_db(), new_db()
     install_old(upgraded, mode)
     upgrade_script(upgraded, mode)
     install_new(fresh, mode)
-    diff = catalog_diff(catalog(upgraded), catalog(fresh))
+    up, new = catalog(upgraded), catalog(fresh)
+    for section, lines in FROM_0_1_0.items():
+        for sign, line in lines:
+            if mode == "extension":
+                assert line in (new if sign == "-" else up)[section], line
+            for side in (up, new):
+                if line in side[section]:
+                    side[section].remove(line)
+    diff = catalog_diff(up, new)
     assert not diff, (
         "an upgraded database differs from a fresh install ('-' fresh, '+' upgraded). Put the "
         f"table/column/index changes and drops of changed functions into "
@@ -455,14 +493,23 @@ LEFTOVERS = """
 """
 
 
-def test_uninstall_leaves_nothing_behind(new_db: Callable[[], str], mode: str) -> None:
+@pytest.mark.parametrize("history", ["fresh", "upgraded"])
+def test_uninstall_leaves_nothing_behind(new_db: Callable[[], str], mode: str, history: str
+                                         ) -> None:
     dsn = new_db()
-    install_old(dsn, mode)
-    upgrade_script(dsn, mode)
+    if history == "fresh":
+        install_new(dsn, mode)
+    else:
+        install_old(dsn, mode)
+        upgrade_script(dsn, mode)
     with connect(dsn) as c:
         c.execute("select ratchet.start_workflow('wf')")
         if mode == "extension":
             c.execute("drop extension ratchet")  # no CASCADE needed: nothing depends on it
+            if history == "upgraded":
+                # first installed at 0.1.0: the schema is not the extension's (FROM_0_1_0)
+                assert c.execute(LEFTOVERS).fetchall() == [{"?column?": "schema ratchet"}]
+                c.execute("drop schema ratchet")  # empty: no CASCADE
         else:
             c.execute("drop schema ratchet cascade")
         assert c.execute(LEFTOVERS).fetchall() == []
@@ -470,8 +517,7 @@ def test_uninstall_leaves_nothing_behind(new_db: Callable[[], str], mode: str) -
         roles = c.execute("select rolname from pg_roles where rolname like 'ratchet_%'"
                           " order by 1").fetchall()
         assert [r["rolname"] for r in roles] == ["ratchet_client", "ratchet_worker"]
-        # and it can be installed again
-    install_new(dsn, mode)
+    install_new(dsn, mode)  # and it installs again
 
 
 # ---------------------------------------------------------------- (d) bad input
@@ -518,9 +564,8 @@ def test_upgrading_twice_or_from_an_unknown_version_is_rt008(new_db: Callable[[]
         assert c.execute("select ratchet.version() as v").fetchone() == {"v": "0.0.7"}
 
 
+@pytest.mark.parametrize("mode", ["plain"])  # ALTER EXTENSION is one transaction anyway
 def test_a_failing_upgrade_changes_nothing(new_db: Callable[[], str], mode: str) -> None:
-    if mode != "plain":
-        pytest.skip("ALTER EXTENSION is one transaction by construction")
     dsn = new_db()
     install_old(dsn, mode)
     script = (SQL_OUT / f"ratchet-plain--{OLD}--{NEW}.sql").read_text()
@@ -556,15 +601,13 @@ def test_a_foreign_ratchet_schema_is_refused(new_db: Callable[[], str], mode: st
 
 
 def test_an_owner_without_createrole_installs_and_upgrades_plain(
-    pg_server: EmbeddedPostgres, mode: str
+    pg_server: EmbeddedPostgres,
 ) -> None:
     """Managed Postgres: the database owner is neither superuser nor CREATEROLE.
 
     Here the roles exist already (an administrator made them, or another
     database's install did): the owner's install grants to them.
     """
-    if mode != "plain":
-        pytest.skip("plain-SQL installs only (a trusted extension installs as superuser)")
     suffix = uuid.uuid4().hex[:8]
     owner, db = f"rt_owner_{suffix}", f"rt_owned_{suffix}"
     with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
@@ -591,11 +634,9 @@ def test_an_owner_without_createrole_installs_and_upgrades_plain(
 
 
 def test_missing_roles_give_a_notice_and_no_grants(
-    pg_server_factory: Callable[..., EmbeddedPostgres], mode: str
+    pg_server_factory: Callable[..., EmbeddedPostgres],
 ) -> None:
     """On a server without the roles, an owner who may not create them gets told how."""
-    if mode != "plain":
-        pytest.skip("plain-SQL installs only")
     pg = pg_server_factory(install=False)
     with psycopg.connect(pg.dsn(), autocommit=True) as c:
         c.execute("create role owner1 login nosuperuser nocreaterole")
@@ -627,3 +668,34 @@ def test_missing_roles_give_a_notice_and_no_grants(
     with connect(make_conninfo(pg.dsn("owned"), user="w_login")) as w:
         [row] = claim(w, n=1)
         assert row["workflow_id"] == "w2"
+
+
+def test_a_database_owner_creates_and_upgrades_the_trusted_extension(
+    ext_server: EmbeddedPostgres | str,
+) -> None:
+    """ratchet is a trusted extension: a database owner needs no superuser."""
+    if isinstance(ext_server, str):
+        pytest.skip(ext_server)
+    suffix = uuid.uuid4().hex[:8]
+    owner, db = f"rt_owner_{suffix}", f"rt_owned_{suffix}"
+    with psycopg.connect(ext_server.dsn(), autocommit=True) as c:
+        c.execute(f"create role {owner} login nosuperuser nocreaterole")
+        c.execute(f"create database {db} owner {owner}")
+    dsn = make_conninfo(ext_server.dsn(db), user=owner)
+    try:
+        with connect(dsn) as c:
+            c.execute(f"create extension ratchet version '{OLD}'")
+            c.execute("select ratchet.start_workflow('wf', workflow_id => 'kept')")
+        assert f"upgraded ratchet {OLD} -> {NEW}" in install(dsn)
+        with connect(dsn) as c:
+            assert c.execute("select status::text as s from ratchet.workflows").fetchall() == [
+                {"s": "enqueued"}]
+            c.execute("drop extension ratchet")
+            c.execute("drop schema ratchet")  # first installed at 0.1.0 (FROM_0_1_0)
+            c.execute("create extension ratchet")
+            c.execute("drop extension ratchet")
+            assert c.execute(LEFTOVERS).fetchall() == []
+    finally:
+        with psycopg.connect(ext_server.dsn(), autocommit=True) as c:
+            c.execute(f"drop database if exists {db} with (force)")
+            c.execute(f"drop role if exists {owner}")
