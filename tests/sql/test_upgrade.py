@@ -699,3 +699,23 @@ def test_a_database_owner_creates_and_upgrades_the_trusted_extension(
         with psycopg.connect(ext_server.dsn(), autocommit=True) as c:
             c.execute(f"drop database if exists {db} with (force)")
             c.execute(f"drop role if exists {owner}")
+
+
+def ratchet_cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "python_client")}
+    return subprocess.run([sys.executable, "-m", "ratchet", "--dsn", dsn, *args],
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+
+
+def test_the_install_command_upgrades_and_refuses(new_db: Callable[[], str], mode: str) -> None:
+    dsn = new_db()
+    install_old(dsn, mode)
+    first, again = ratchet_cli(dsn, "install"), ratchet_cli(dsn, "install")
+    assert first.returncode == 0 and f"upgraded ratchet {OLD} -> {NEW}" in first.stdout, first
+    assert again.returncode == 0 and f"already at {NEW}, nothing to do" in again.stdout, again
+    foreign = new_db()
+    with connect(foreign) as c:
+        c.execute("create schema ratchet")
+    refused = ratchet_cli(foreign, "install")
+    assert refused.returncode == 1, refused
+    assert "Ratchet did not create" in refused.stderr and "hint: rename it" in refused.stderr
