@@ -37,6 +37,7 @@
 --   RT001 duplicate dedup key       RT004 unknown workflow
 --   RT002 stale run / lost lease    RT005 invalid argument
 --   RT003 duplicate step            RT006 workflow cancelled
+--   RT008 install/upgrade script does not apply (sql/build.sh guards)
 
 -- ratchet.version(): which version of the SQL is installed.
 create function ratchet.version()
