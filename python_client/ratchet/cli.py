@@ -136,7 +136,7 @@ def _query(args: argparse.Namespace, query: str, params: Any = None) -> list[dic
 def cmd_install(args: argparse.Namespace) -> int:
     from ._install import install
 
-    message = install(resolve_dsn(args.dsn), plain=True if args.plain else None)
+    message = install(resolve_dsn(args.dsn), plain=bool(args.plain))
     if args.json:
         _print_json({"result": message})
     else:
