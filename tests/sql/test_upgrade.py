@@ -92,11 +92,12 @@ def _private_tree(bindir: Path) -> tuple[Path, Path] | str:
 
     mine = mirror(bindir)
     mine.mkdir(parents=True)
-    for name in ("postgres", "initdb", "pg_ctl"):
-        try:
-            os.link(bindir / name, mine / name)
-        except OSError:
-            shutil.copy2(bindir / name, mine / name)
+    for exe in bindir.iterdir():  # hard links: a symlink would lead back to the real tree
+        if exe.is_file():
+            try:
+                os.link(exe, mine / exe.name)
+            except OSError:
+                shutil.copy2(exe, mine / exe.name)
     mirror(pkglibdir).parent.mkdir(parents=True, exist_ok=True)
     if not mirror(pkglibdir).exists():
         mirror(pkglibdir).symlink_to(pkglibdir)
