@@ -1,9 +1,12 @@
 # Ratchet: durable workflow execution inside PostgreSQL.
 #
-# The extension is built from the numbered sources in sql/ into one versioned
-# script (ratchet--$(EXTVERSION).sql) and one plain-SQL install script for
-# managed Postgres (ratchet.sql). Both are written into the Python package so
-# `pip install` carries them for `ratchet install`.
+# `sh sql/build.sh all` builds the numbered sources in sql/ into the
+# extension script (ratchet--$(EXTVERSION).sql), the plain-SQL install script
+# for managed Postgres (ratchet.sql) and, from each hand-written preamble in
+# sql/upgrades/, the upgrade scripts to this version (ratchet--FROM--TO.sql for
+# ALTER EXTENSION, ratchet-plain--FROM--TO.sql). They are written into the
+# Python package (not committed; the package build runs the same script) so
+# `pip install` carries them for `ratchet install`. docs/upgrading.md.
 #
 # `make help` lists the targets.
 

@@ -180,7 +180,7 @@ if [ "$kind" = all ]; then
     build_one plain-upgrade "$version" "$outdir/ratchet-plain--$from--$version.sql" "$pre" "$@"
     built="$built ratchet--$from--$version.sql ratchet-plain--$from--$version.sql"
   done
-  for f in "$outdir"/*.sql; do
+  for f in "$outdir"/ratchet*.sql; do
     [ -f "$f" ] || continue
     case " $built " in *" $(basename "$f") "*) ;; *) rm -f "$f" ;; esac
   done
