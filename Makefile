@@ -1,19 +1,28 @@
 # Ratchet: durable workflow execution inside PostgreSQL.
 #
-# The extension is built from the numbered sources in sql/ into one versioned
-# script (ratchet--$(EXTVERSION).sql) and one plain-SQL install script for
-# managed Postgres (ratchet.sql). Both are written into the Python package so
-# `pip install` carries them for `ratchet install`.
+# `sh sql/build.sh all` builds the numbered sources in sql/ into the
+# extension script (ratchet--$(EXTVERSION).sql), the plain-SQL install script
+# for managed Postgres (ratchet.sql) and, from each hand-written preamble in
+# sql/upgrades/, the upgrade scripts to this version (ratchet--FROM--TO.sql for
+# ALTER EXTENSION, ratchet-plain--FROM--TO.sql). They are written into the
+# Python package (not committed; the package build runs the same script) so
+# `pip install` carries them for `ratchet install`. docs/upgrading.md.
 #
 # `make help` lists the targets.
 
 EXTENSION   = ratchet
-EXTVERSION  = 0.1.0
+# the version is said once, in ratchet.control
+EXTVERSION  = $(shell sed -n "s/^default_version *= *'\(.*\)'.*/\1/p" ratchet.control)
 SQLOUT      = python_client/ratchet/_sql
 SOURCES     = $(sort $(wildcard sql/[0-9]*.sql))
 EXT_SCRIPT  = $(SQLOUT)/$(EXTENSION)--$(EXTVERSION).sql
 PLAIN_SCRIPT = $(SQLOUT)/$(EXTENSION).sql
-UPGRADES    = $(wildcard sql/upgrades/$(EXTENSION)--*--*.sql)
+# hand-written preambles of the upgrades to this version (sql/upgrades/) and
+# the scripts build.sh makes of them; upgrade scripts of earlier releases and
+# the released install scripts live, as shipped, in sql/released/
+PREAMBLES   = $(wildcard sql/upgrades/$(EXTENSION)--*--$(EXTVERSION).sql)
+UPGRADES    = $(addprefix $(SQLOUT)/,$(notdir $(PREAMBLES)))
+RELEASED    = $(wildcard sql/released/$(EXTENSION)--*.sql sql/released/$(EXTENSION)--*.control)
 
 PG_CONFIG  ?= pg_config
 # Everything Python runs from a virtualenv that `make` creates on first use,
@@ -23,7 +32,7 @@ VENV       ?= .venv
 # (not PYTHON: PGXS defines that one)
 PY         := $(VENV)/bin/python
 
-DATA = $(EXT_SCRIPT) $(UPGRADES)
+DATA = $(EXT_SCRIPT) $(UPGRADES) $(RELEASED)
 PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
 
 .DEFAULT_GOAL := help
@@ -38,13 +47,10 @@ help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
 	  awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
 
-sql: $(EXT_SCRIPT) $(PLAIN_SCRIPT) ## Build the extension script and the plain-SQL install script
+sql: ## Build the install and upgrade scripts (sql/build.sh all) into the Python package
+	sh sql/build.sh all $(SQLOUT)
 
-$(EXT_SCRIPT): $(SOURCES) sql/build.sh
-	sh sql/build.sh extension $(EXTVERSION) $@ $(SOURCES)
-
-$(PLAIN_SCRIPT): $(SOURCES) sql/build.sh
-	sh sql/build.sh plain $(EXTVERSION) $@ $(SOURCES)
+$(EXT_SCRIPT) $(PLAIN_SCRIPT) $(UPGRADES): sql
 
 # `make install` (from PGXS) copies the control file and scripts into
 # `pg_config --sharedir`/extension; it needs write access there (root/sudo).

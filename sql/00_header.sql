@@ -38,6 +38,7 @@
 --   RT002 stale run / lost lease    RT005 invalid argument
 --   RT003 duplicate step            RT006 workflow cancelled
 --   RT007 trusted setting not enabled (ratchet.fake_now without the fake clock)
+--   RT008 install/upgrade script does not apply (sql/build.sh guards)
 --   RT009 other trust refusals
 -- Trust (docs/security.md): the only session settings read are
 -- ratchet.fake_now (honoured only where an administrator enabled the fake

@@ -33,18 +33,24 @@ comment on view ratchet.queue_stats is
 -- Roles. ratchet_worker runs workflows; ratchet_client starts, reads and
 -- manages them. Tables are readable by both (every operator question is a
 -- query) but written only through the functions, which are SECURITY DEFINER.
-do $roles$
-begin
-  if not exists (select 1 from pg_catalog.pg_roles where rolname = 'ratchet_worker') then
-    create role ratchet_worker nologin;
-  end if;
-  if not exists (select 1 from pg_catalog.pg_roles where rolname = 'ratchet_client') then
-    create role ratchet_client nologin;
-  end if;
-end
-$roles$;
+--
+-- The roles are optional: a database owner on managed Postgres is often
+-- neither superuser nor CREATEROLE. The install creates them when it may,
+-- otherwise it says (NOTICE) how to create them; ratchet._grant_roles() grants
+-- to the roles that exist, at install and again by hand once they exist.
+-- (CREATE EXTENSION of a trusted extension runs as superuser: it always may.)
 
-revoke all on all functions in schema ratchet from public;
+create function ratchet._grant_roles()
+returns text
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $grants$
+declare
+  v_worker boolean := exists (select 1 from pg_catalog.pg_roles where rolname = 'ratchet_worker');
+  v_client boolean := exists (select 1 from pg_catalog.pg_roles where rolname = 'ratchet_client');
+begin
+-- what both roles share
+if v_worker and v_client then
 grant usage on schema ratchet to ratchet_worker, ratchet_client;
 grant select on all tables in schema ratchet to ratchet_worker, ratchet_client;
 
@@ -57,10 +63,12 @@ grant execute on function
   ratchet.cron_next(text, timestamptz, text), ratchet.cron_prev(text, timestamptz, text),
   ratchet.cron_parse(text)
   to ratchet_worker, ratchet_client;
+end if;
 
 -- Pure helpers that the invoker-rights functions above call (the cron
 -- evaluator, the clock's errors): they read nothing a role cannot already
 -- read and write nothing.
+if v_worker and v_client then
 grant execute on function
   ratchet._raise(text, text, text),
   ratchet._cron_field(text, text, text, integer, integer),
@@ -68,8 +76,10 @@ grant execute on function
   ratchet._cron_instant(timestamp, text),
   ratchet._cron_search(text, timestamptz, text, boolean)
   to ratchet_worker, ratchet_client;
+end if;
 
 -- the worker protocol
+if v_worker then
 grant execute on function
   ratchet.claim(text[], text, int, interval),
   ratchet.claim_workflow(text, text, interval),
@@ -83,8 +93,10 @@ grant execute on function
   ratchet.set_event(text, bigint, int, text, jsonb),
   ratchet.tick()
   to ratchet_worker;
+end if;
 
 -- management
+if v_client then
 grant execute on function
   ratchet.cancel(text), ratchet.resume(text), ratchet.fork(text, int, text),
   ratchet.create_queue(text, int, int, int, interval),
@@ -92,3 +104,46 @@ grant execute on function
   ratchet.schedule(text, text, text, jsonb, text, text), ratchet.unschedule(text),
   ratchet.list_schedules(), ratchet.purge(interval, int)
   to ratchet_client;
+end if;
+
+  return case
+    when v_worker and v_client then 'granted to ratchet_worker and ratchet_client'
+    when v_worker then 'granted to ratchet_worker only: ratchet_client does not exist'
+    when v_client then 'granted to ratchet_client only: ratchet_worker does not exist'
+    else 'no grants: roles ratchet_worker and ratchet_client do not exist' end;
+end;
+$grants$;
+
+comment on function ratchet._grant_roles() is
+  'Internal: grant ratchet_worker and ratchet_client their share, to whichever of them exist. '
+  'Run by the install; run it again (as the schema owner) after creating the roles by hand.';
+
+revoke all on all functions in schema ratchet from public;
+
+do $roles$
+declare
+  v_may boolean := exists (select 1 from pg_catalog.pg_roles
+                            where rolname = current_user and (rolsuper or rolcreaterole));
+  v_missing text[] := array[]::text[];
+  v_role text;
+begin
+  foreach v_role in array array['ratchet_worker', 'ratchet_client'] loop
+    if not exists (select 1 from pg_catalog.pg_roles where rolname = v_role) then
+      if v_may then
+        execute pg_catalog.format('create role %I nologin', v_role);
+      else
+        v_missing := v_missing || v_role;
+      end if;
+    end if;
+  end loop;
+  perform ratchet._grant_roles();
+  if pg_catalog.cardinality(v_missing) > 0 then
+    raise notice 'ratchet: role(s) % not created: % may not create roles, so nobody but the owner can use ratchet yet',
+      pg_catalog.array_to_string(v_missing, ', '), current_user
+      using hint = 'as a superuser or CREATEROLE role run '
+        || (select pg_catalog.string_agg(pg_catalog.format('CREATE ROLE %I NOLOGIN;', m), ' ')
+              from pg_catalog.unnest(v_missing) m)
+        || pg_catalog.format(' then, as %I, SELECT ratchet._grant_roles(); (docs/upgrading.md, "Roles on managed Postgres")', current_user);
+  end if;
+end
+$roles$;

@@ -47,7 +47,7 @@ from ._middleware import ExecutionInfo, Middleware
 from ._runtime import get_event, recv, set_event, sleep, step_idempotency_key, workflow_id
 from ._worker import Worker
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "App",

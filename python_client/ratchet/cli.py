@@ -368,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, help_: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_, description=help_, parents=[common])
 
-    p = add("install", "install ratchet into the database (CREATE EXTENSION, or plain SQL)")
+    p = add("install", "install ratchet into the database (CREATE EXTENSION, or plain SQL), "
+                       "or upgrade it to this package's version")
     p.add_argument("--plain", action="store_true",
                    help="run the plain-SQL script (for servers without the extension files, "
                         "e.g. managed PostgreSQL)")

@@ -43,12 +43,6 @@ CREATE SCHEMA ratchet;
 --   RT001 duplicate dedup key       RT004 unknown workflow
 --   RT002 stale run / lost lease    RT005 invalid argument
 --   RT003 duplicate step            RT006 workflow cancelled
---   RT007 trusted setting not enabled (ratchet.fake_now without the fake clock)
---   RT009 other trust refusals
--- Trust (docs/security.md): the only session settings read are
--- ratchet.fake_now (honoured only where an administrator enabled the fake
--- clock in ratchet.settings) and ratchet.notify (a latency hint); names are
--- bounded in bytes, JSON payloads in size and nesting depth.
 
 -- ratchet.version(): which version of the SQL is installed.
 create function ratchet.version()
@@ -61,55 +55,25 @@ as $$ select '0.1.0'::text $$;
 comment on function ratchet.version() is
   'The installed Ratchet version (same for CREATE EXTENSION and the plain-SQL install).';
 
--- ratchet.now(): the only clock the functions read. Tests move time without
--- sleeping by setting the session setting ratchet.fake_now, which is honoured
--- only where the extension owner or a superuser enabled the fake clock
--- (update ratchet.settings set fake_clock_enabled = true); anywhere else a
--- session that sets it gets RT007 from every function, so no worker or
--- client can bend time for leases, deadlines or FIFO order. The table is
--- read only when the setting is non-empty: the real clock costs nothing
--- more. PL/pgSQL, not SQL: a SQL function with a SET clause is never
--- inlined, and its body is parsed and planned again in every transaction
--- that calls it (bench/run.py, section 6).
+-- ratchet.now(): the only clock the functions read. Tests set the session
+-- setting ratchet.fake_now to move time without sleeping. PL/pgSQL, not SQL:
+-- a SQL function with a SET clause is never inlined, and its body is parsed
+-- and planned again in every transaction that calls it (bench/run.py, section 6).
 create function ratchet.now()
 returns timestamptz
 language plpgsql
 volatile
 set search_path = pg_catalog, pg_temp
 as $$
-declare
-  v_fake text := pg_catalog.current_setting('ratchet.fake_now', true);
-  v_now  timestamptz;
 begin
-  if v_fake is null or v_fake = '' then
-    return pg_catalog.clock_timestamp();
-  end if;
-  if not coalesce((select s.fake_clock_enabled from ratchet.settings s), false) then
-    perform ratchet._raise('RT007',
-      'ratchet.fake_now is set but the fake clock is not enabled in this database',
-      'RESET ratchet.fake_now; only the extension owner or a superuser can enable it '
-      '(update ratchet.settings set fake_clock_enabled = true), for test databases');
-  end if;
-  begin
-    v_now := v_fake::timestamptz;
-  exception when others then
-    perform ratchet._raise('RT005',
-      pg_catalog.format('ratchet.fake_now is not a timestamp: %L', v_fake),
-      'set it to a finite timestamptz such as ''2030-01-01 00:00Z'', or RESET it');
-  end;
-  if not pg_catalog.isfinite(v_now)
-     or v_now not between '1970-01-01 00:00Z'::timestamptz and '9000-01-01 00:00Z'::timestamptz then
-    perform ratchet._raise('RT005',
-      pg_catalog.format('ratchet.fake_now must be a finite time between 1970 and 9000, got %s', v_fake),
-      'set it to a finite timestamptz such as ''2030-01-01 00:00Z'', or RESET it');
-  end if;
-  return v_now;
+  return coalesce(
+    nullif(pg_catalog.current_setting('ratchet.fake_now', true), '')::timestamptz,
+    pg_catalog.clock_timestamp());
 end;
 $$;
 
 comment on function ratchet.now() is
-  'Current time for Ratchet: clock_timestamp(), or the session''s ratchet.fake_now where the '
-  'owner enabled the fake clock (ratchet.settings); RT007 if it is set but not enabled.';
+  'Current time for Ratchet: clock_timestamp(), unless the session sets ratchet.fake_now (tests).';
 
 -- Raise an RT error; a function so that checks read as one line.
 create function ratchet._raise(p_errcode text, p_message text, p_hint text default null)
@@ -127,9 +91,7 @@ comment on function ratchet._raise(text, text, text) is
   'Internal: raise an error with a Ratchet SQLSTATE, message and hint.';
 
 -- Validate a name-like argument (workflow name, id, queue, key): not NULL,
--- not empty, at most p_max_length BYTES (the unit PostgreSQL counts for
--- index entries and channel names; a non-ASCII character takes 2-4 bytes).
--- p_what names the argument in the message.
+-- not empty, bounded. p_what names the argument in the message.
 create function ratchet._check_name(p_value text, p_what text, p_max_length int default 200)
 returns void
 language plpgsql
@@ -141,26 +103,20 @@ begin
     perform ratchet._raise('RT005', pg_catalog.format('%s must not be NULL or empty', p_what),
                            pg_catalog.format('pass a non-empty %s', p_what));
   end if;
-  if pg_catalog.octet_length(p_value) > p_max_length then
+  if pg_catalog.length(p_value) > p_max_length then
     perform ratchet._raise('RT005',
-      pg_catalog.format('%s is %s bytes long; the limit is %s bytes',
-                        p_what, pg_catalog.octet_length(p_value), p_max_length),
-      pg_catalog.format('use a shorter %s (limits count bytes: a non-ASCII character takes 2 to 4)',
-                        p_what));
+      pg_catalog.format('%s is %s characters long; the limit is %s',
+                        p_what, pg_catalog.length(p_value), p_max_length),
+      pg_catalog.format('use a shorter %s', p_what));
   end if;
 end;
 $$;
 
 comment on function ratchet._check_name(text, text, int) is
-  'Internal: RT005 unless the value is a non-empty string within the limit in bytes.';
+  'Internal: RT005 unless the value is a non-empty string within the length limit.';
 
 -- Payloads (inputs, outputs, errors, messages, events) are JSONB, capped at
--- 1 MiB each (a workflow table is a queue, not a blob store) and at 100
--- levels of nesting: deeper documents are accepted by PostgreSQL but crash
--- or stall the JSON decoders of clients (Python raises RecursionError), so
--- one poison input would take its claimed batch down with it. The depth
--- test is one jsonpath probe in C (about 1 us for a typical payload); the
--- hot-path functions inline the same two conditions.
+-- 1 MiB each: a workflow table is a queue, not a blob store.
 create function ratchet._check_payload(p_value jsonb, p_what text)
 returns void
 language plpgsql
@@ -174,16 +130,11 @@ begin
                         p_what, pg_catalog.pg_column_size(p_value)),
       'store large data elsewhere (a table or object store) and pass a reference');
   end if;
-  if pg_catalog.jsonb_path_exists(p_value, 'strict $.**{101}') then
-    perform ratchet._raise('RT005',
-      pg_catalog.format('%s is nested more than 100 levels deep', p_what),
-      'flatten the JSON (at most 100 nested arrays/objects); deep documents break client decoders');
-  end if;
 end;
 $$;
 
 comment on function ratchet._check_payload(jsonb, text) is
-  'Internal: RT005 if a JSON payload is larger than 1 MiB or nested more than 100 levels.';
+  'Internal: RT005 if a JSON payload is larger than 1 MiB.';
 
 -- NOTIFY is a latency hint only. Postgres folds identical notifications within
 -- a transaction, so a bulk start sends one; a session can switch them off
@@ -381,46 +332,13 @@ create table ratchet.schedules (
   next_fire_at     timestamptz not null,
   last_fired_at    timestamptz,
   last_workflow_id text,
-  created_at       timestamptz not null,
-  -- the last error tick() met evaluating or firing this schedule (NULL after
-  -- a good firing); a failing schedule never stops the others
-  last_error       jsonb,
-  last_error_at    timestamptz
+  created_at       timestamptz not null
 );
 
 comment on table ratchet.schedules is
   'Cron schedules; tick() starts each due firing exactly once.';
 
 create index schedules_due_idx on ratchet.schedules (next_fire_at);
-
--- Trusted settings: one row, written only by the extension owner or a
--- superuser (no role is granted UPDATE). ratchet.now() honours the session
--- setting ratchet.fake_now only while fake_clock_enabled is true, so no
--- worker or client can move Ratchet's clock in a database where an
--- administrator did not ask for it (test databases). docs/security.md.
-create table ratchet.settings (
-  singleton          boolean primary key default true check (singleton),
-  fake_clock_enabled boolean not null default false
-);
-
-comment on table ratchet.settings is
-  'Trusted settings (one row), changed only by the extension owner or a superuser: '
-  'fake_clock_enabled lets sessions move ratchet.now() with SET ratchet.fake_now (tests only).';
-
-insert into ratchet.settings default values;
-
--- Time zone names accepted by schedules, copied from pg_timezone_names at
--- install (reading that view scans the zone directory: tens of ms). Lower
--- case. A name missing here is still checked against pg_timezone_names.
-create table ratchet.time_zones (
-  name text primary key
-);
-
-comment on table ratchet.time_zones is
-  'Internal: lower-case time zone names from pg_timezone_names at install (cron zone check).';
-
-insert into ratchet.time_zones (name)
-select distinct pg_catalog.lower(z.name) from pg_catalog.pg_timezone_names z;
 
 -- pg_dump keeps user data of extension tables only when marked. The default
 -- queue row is created by the install script itself, so it is left out.
@@ -598,23 +516,20 @@ declare
   p_parent_id    alias for $10;
   v_now      timestamptz := ratchet.now();
   v_id       text := coalesce(p_workflow_id, pg_catalog.gen_random_uuid()::text);
-  -- a start_at in the past means now: it cannot jump ahead of workflows
-  -- already waiting in FIFO order (priority is the lever for that)
-  v_start_at timestamptz := greatest(coalesce(p_start_at, v_now), v_now);
+  v_start_at timestamptz := coalesce(p_start_at, v_now);
   v_inserted text;
   v_existing ratchet.workflows;
 begin
   -- Hot path: inline checks; the helpers run only to raise the precise error.
-  if p_name is null or pg_catalog.btrim(p_name) = '' or pg_catalog.octet_length(p_name) > 200
-     or pg_catalog.btrim(v_id) = '' or pg_catalog.octet_length(v_id) > 200 then
+  if p_name is null or pg_catalog.btrim(p_name) = '' or pg_catalog.length(p_name) > 200
+     or pg_catalog.btrim(v_id) = '' or pg_catalog.length(v_id) > 200 then
     perform ratchet._check_name(p_name, 'workflow name');
     perform ratchet._check_name(v_id, 'workflow_id');
   end if;
   if not exists (select 1 from ratchet.queues q where q.name = p_queue) then
     perform ratchet._check_queue(p_queue);
   end if;
-  if pg_catalog.pg_column_size(p_input) > 1048576
-     or pg_catalog.jsonb_path_exists(p_input, 'strict $.**{101}') then  -- see _check_payload
+  if pg_catalog.pg_column_size(p_input) > 1048576 then
     perform ratchet._check_payload(p_input, 'input');
   end if;
   if p_input is null then
@@ -626,12 +541,6 @@ begin
   end if;
   if p_dedup_key is not null then
     perform ratchet._check_name(p_dedup_key, 'dedup_key');
-  end if;
-  if p_start_at is not null and (not pg_catalog.isfinite(p_start_at)
-                                 or p_start_at > v_now + interval '100 years') then
-    perform ratchet._raise('RT005',
-      pg_catalog.format('start_at must be a finite time at most 100 years ahead, got %s', p_start_at),
-      'pass NULL to start now, or e.g. start_at => now() + interval ''1 hour''');
   end if;
   if p_timeout is not null and (p_timeout <= interval '0' or p_timeout > interval '100 years') then
     perform ratchet._raise('RT005', pg_catalog.format('timeout must be positive and at most 100 years, got %s', p_timeout),
@@ -712,16 +621,6 @@ begin
   if p_inputs is null then
     perform ratchet._raise('RT005', 'inputs must not be NULL', 'pass an array of jsonb inputs');
   end if;
-  if pg_catalog.array_ndims(p_inputs) > 1 or pg_catalog.array_ndims(p_workflow_ids) > 1
-     or pg_catalog.array_lower(p_inputs, 1) <> 1 or pg_catalog.array_lower(p_workflow_ids, 1) <> 1 then
-    perform ratchet._raise('RT005', 'inputs and workflow_ids must be one-dimensional arrays indexed from 1',
-      'pass array[''{}''::jsonb, ...], not a nested array; one element per workflow');
-  end if;
-  if pg_catalog.cardinality(p_inputs) > 10000 then
-    perform ratchet._raise('RT005',
-      pg_catalog.format('at most 10000 workflows per start_workflows call, got %s', pg_catalog.cardinality(p_inputs)),
-      'split the inputs into batches of 10000 or fewer');
-  end if;
   if p_workflow_ids is not null
      and coalesce(pg_catalog.array_length(p_workflow_ids, 1), 0)
          <> coalesce(pg_catalog.array_length(p_inputs, 1), 0) then
@@ -737,12 +636,11 @@ begin
   select count(*) into v_bad
     from unnest(p_inputs, v_ids) as t(input, id)
    where t.input is null or t.id is null or pg_catalog.btrim(t.id) = ''
-      or pg_catalog.octet_length(t.id) > 200 or pg_catalog.pg_column_size(t.input) > 1048576
-      or pg_catalog.jsonb_path_exists(t.input, 'strict $.**{101}');
+      or pg_catalog.length(t.id) > 200 or pg_catalog.pg_column_size(t.input) > 1048576;
   if v_bad > 0 then
     perform ratchet._raise('RT005',
-      pg_catalog.format('%s of the inputs or workflow_ids are invalid (NULL, empty, too long, over 1 MiB or nested over 100 levels)', v_bad),
-      'every input must be non-NULL jsonb under 1 MiB and 100 levels of nesting; every id 1-200 bytes');
+      pg_catalog.format('%s of the inputs or workflow_ids are invalid (NULL, empty, too long or over 1 MiB)', v_bad),
+      'every input must be non-NULL jsonb under 1 MiB; every id 1-200 characters');
   end if;
 
   insert into ratchet.workflows as w
@@ -837,10 +735,6 @@ declare
   v_pause double precision := 0.005;
   v_wf ratchet.workflows;
 begin
-  if p_timeout > interval '1 day' then
-    perform ratchet._raise('RT005', pg_catalog.format('timeout must be at most 1 day, got %s', p_timeout),
-      'wait in a loop, or LISTEN on "ratchet.ended" instead of holding a session for longer');
-  end if;
   loop
     v_wf := ratchet.get_workflow(p_workflow_id);
     exit when v_wf.status in ('succeeded', 'failed', 'cancelled', 'dead')
@@ -1082,13 +976,12 @@ declare
   v_taken   int;
 begin
   -- Hot path: inline checks; the helpers run only to raise the precise error.
-  if p_worker_id is null or pg_catalog.btrim(p_worker_id) = '' or pg_catalog.octet_length(p_worker_id) > 200
+  if p_worker_id is null or pg_catalog.btrim(p_worker_id) = '' or pg_catalog.length(p_worker_id) > 200
      or p_lease is null or p_lease <= interval '0' or p_lease > interval '1 day' then
     perform ratchet._check_lease(p_worker_id, p_lease);
   end if;
-  if p_queues is null or coalesce(pg_catalog.array_length(p_queues, 1), 0) = 0
-     or pg_catalog.cardinality(p_queues) > 100 then
-    perform ratchet._raise('RT005', 'queues must name 1 to 100 queues',
+  if p_queues is null or coalesce(pg_catalog.array_length(p_queues, 1), 0) = 0 then
+    perform ratchet._raise('RT005', 'queues must name at least one queue',
       'e.g. queues => array[''default'']');
   end if;
   if p_max_count is null or p_max_count < 0 or p_max_count > 1000 then
@@ -1396,12 +1289,10 @@ declare
 begin
   -- Hot path: inline checks; the helpers run only to raise the precise error.
   if p_step_id is null or p_step_id < 0 or p_name is null or pg_catalog.btrim(p_name) = ''
-     or pg_catalog.octet_length(p_name) > 200 then
+     or pg_catalog.length(p_name) > 200 then
     perform ratchet._check_step_args(p_step_id, p_name);
   end if;
-  if pg_catalog.pg_column_size(p_output) > 1048576 or pg_catalog.pg_column_size(p_error) > 1048576
-     or pg_catalog.jsonb_path_exists(p_output, 'strict $.**{101}')
-     or pg_catalog.jsonb_path_exists(p_error, 'strict $.**{101}') then  -- see _check_payload
+  if pg_catalog.pg_column_size(p_output) > 1048576 or pg_catalog.pg_column_size(p_error) > 1048576 then
     perform ratchet._check_payload(p_output, 'step output');
     perform ratchet._check_payload(p_error, 'step error');
   end if;
@@ -1431,8 +1322,7 @@ declare
   v_now timestamptz := ratchet.now();
   v_wf  ratchet.workflows;
 begin
-  if pg_catalog.pg_column_size(p_output) > 1048576
-     or pg_catalog.jsonb_path_exists(p_output, 'strict $.**{101}') then  -- hot path: see record_step
+  if pg_catalog.pg_column_size(p_output) > 1048576 then  -- hot path: see record_step
     perform ratchet._check_payload(p_output, 'output');
   end if;
   v_wf := ratchet._lock_run(p_workflow_id, p_run_id, true);
@@ -1529,16 +1419,10 @@ declare
   v_now      timestamptz := ratchet.now();
   v_wf       ratchet.workflows;
   v_key      text := p_wait_key;
-  -- a time in the past means now: a run cannot jump ahead in FIFO order
-  v_start_at timestamptz := greatest(p_until, v_now);
+  v_start_at timestamptz := p_until;
 begin
   if p_until is null then
     perform ratchet._raise('RT005', 'until must not be NULL',
-      'pass a time, or ''infinity'' to wait only for the message or child');
-  end if;
-  if p_until <> 'infinity' and p_until > v_now + interval '100 years' then
-    perform ratchet._raise('RT005',
-      pg_catalog.format('until must be at most 100 years ahead (or ''infinity''), got %s', p_until),
       'pass a time, or ''infinity'' to wait only for the message or child');
   end if;
   if p_wait_for is not null and p_wait_for not in ('message', 'child') then
@@ -1549,9 +1433,6 @@ begin
     perform ratchet._check_name(p_wait_key, 'wait_key (child workflow id)');
   elsif p_wait_for = 'message' then
     v_key := coalesce(p_wait_key, '');
-    if pg_catalog.octet_length(v_key) > 200 then
-      perform ratchet._check_name(v_key, 'wait_key (topic)');
-    end if;
   end if;
   v_wf := ratchet._lock_run(p_workflow_id, p_run_id, true);
 
@@ -1670,8 +1551,8 @@ begin
     perform ratchet._raise('RT005', 'message must not be NULL', 'send JSON, e.g. ''{"ok": true}''');
   end if;
   perform ratchet._check_payload(p_message, 'message');
-  if pg_catalog.octet_length(v_topic) > 200 then
-    perform ratchet._check_name(v_topic, 'topic');
+  if pg_catalog.length(v_topic) > 200 then
+    perform ratchet._raise('RT005', 'topic is longer than 200 characters', 'use a shorter topic');
   end if;
   if p_idempotency_key is not null then
     perform ratchet._check_name(p_idempotency_key, 'idempotency_key');
@@ -1733,9 +1614,6 @@ declare
   v_msg ratchet.messages;
 begin
   perform ratchet._check_step_args(p_step_id, 'recv');
-  if pg_catalog.octet_length(p_topic) > 200 then
-    perform ratchet._check_name(p_topic, 'topic');
-  end if;
   perform ratchet._lock_run(p_workflow_id, p_run_id, false);
   if exists (select 1 from ratchet.steps s
               where s.workflow_id = p_workflow_id and s.step_id = p_step_id) then
@@ -1915,11 +1793,11 @@ begin
     -- more, and this runs on every evaluation of a schedule.)
     if v_item !~ '^[^/-]+(?:-[^/-]+)?(?:/[^/-]+)?$'
        or v_item ~ '^[*]-' then
-      perform ratchet._raise('RT005',
-        pg_catalog.format(
+      raise exception using errcode = 'RT005',
+        message = pg_catalog.format(
           'invalid cron expression %L: %s item %L is malformed',
           p_expr, p_field, v_item),
-        v_hint);
+        hint = v_hint;
     end if;
 
     v_parts := array[
@@ -1941,19 +1819,19 @@ begin
                               then v_tok::integer end;
         if v_bounds[v_i] is null or v_bounds[v_i] < p_min
            or v_bounds[v_i] > p_max then
-          perform ratchet._raise('RT005',
-            pg_catalog.format(
+          raise exception using errcode = 'RT005',
+            message = pg_catalog.format(
               'invalid cron expression %L: %s value %L is out of range %s-%s',
               p_expr, p_field, v_tok, p_min, p_max),
-            v_hint);
+            hint = v_hint;
         end if;
       else
-        perform ratchet._raise('RT005',
-          pg_catalog.format(
+        raise exception using errcode = 'RT005',
+          message = pg_catalog.format(
             'invalid cron expression %L: %s value %L is not a number%s',
             p_expr, p_field, v_tok,
             case when v_names is not null then ' or a name' else '' end),
-          v_hint);
+          hint = v_hint;
       end if;
     end loop;
 
@@ -1962,11 +1840,11 @@ begin
       v_step := case when v_parts[3] ~ '^[0-9]{1,9}$'
                      then v_parts[3]::integer else 0 end;
       if v_step not between 1 and v_top - p_min + 1 then
-        perform ratchet._raise('RT005',
-          pg_catalog.format(
+        raise exception using errcode = 'RT005',
+          message = pg_catalog.format(
             'invalid cron expression %L: %s step %L must be a number from 1 to %s',
             p_expr, p_field, v_parts[3], v_top - p_min + 1),
-          v_hint);
+          hint = v_hint;
       end if;
     end if;
 
@@ -1977,11 +1855,11 @@ begin
       v_lo := v_bounds[1];
       v_hi := v_bounds[2];
       if v_lo > v_hi then
-        perform ratchet._raise('RT005',
-          pg_catalog.format(
+        raise exception using errcode = 'RT005',
+          message = pg_catalog.format(
             'invalid cron expression %L: %s range %L is reversed',
             p_expr, p_field, v_item),
-          v_hint);
+          hint = v_hint;
       end if;
     elsif v_parts[3] is not null then
       v_lo := v_bounds[1];
@@ -2014,14 +1892,13 @@ comment on function ratchet._cron_field(text, text, text, integer, integer) is
   'the whole expression, for error messages. Raises RT005.';
 
 
-create function ratchet.cron_parse(expr text)
+create function ratchet.cron_parse(p_expr text)
 returns jsonb
 language plpgsql
 immutable parallel safe
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  p_expr alias for $1;
   v_hint constant text :=
     'a cron expression is five fields "minute hour day-of-month month '
     'day-of-week" separated by spaces, e.g. "*/15 9-17 * * MON-FRI", or one '
@@ -2030,16 +1907,10 @@ declare
     p_expr, '^[[:space:]]+|[[:space:]]+$', '', 'g');
   v_fields text[];
 begin
-  if pg_catalog.octet_length(p_expr) > 1000 then
-    perform ratchet._raise('RT005',
-      pg_catalog.format('invalid cron expression: it is %s bytes long; the limit is 1000',
-                        pg_catalog.octet_length(p_expr)),
-      v_hint);
-  end if;
   if v_text is null or v_text = '' then
-    perform ratchet._raise('RT005',
-      'invalid cron expression: it is NULL or empty',
-      v_hint);
+    raise exception using errcode = 'RT005',
+      message = 'invalid cron expression: it is NULL or empty',
+      hint = v_hint;
   end if;
 
   if pg_catalog.left(v_text, 1) = '@' then
@@ -2053,20 +1924,20 @@ begin
       when '@hourly' then '0 * * * *'
     end;
     if v_text is null then
-      perform ratchet._raise('RT005',
-        pg_catalog.format(
+      raise exception using errcode = 'RT005',
+        message = pg_catalog.format(
           'invalid cron expression %L: unknown macro', p_expr),
-        v_hint);
+        hint = v_hint;
     end if;
   end if;
 
   v_fields := pg_catalog.regexp_split_to_array(v_text, '[[:space:]]+');
   if pg_catalog.cardinality(v_fields) <> 5 then
-    perform ratchet._raise('RT005',
-      pg_catalog.format(
+    raise exception using errcode = 'RT005',
+      message = pg_catalog.format(
         'invalid cron expression %L: it has %s fields, expected 5',
         p_expr, pg_catalog.cardinality(v_fields)),
-      v_hint);
+      hint = v_hint;
   end if;
 
   return pg_catalog.jsonb_build_object(
@@ -2093,35 +1964,51 @@ comment on function ratchet.cron_parse(text) is
   'on any invalid expression.';
 
 
--- Time zones are checked against ratchet.time_zones, the names of
--- pg_timezone_names copied at install (reading the view itself scans the
--- whole zone directory: tens of milliseconds); a name missing there is
--- looked up in the view. No session setting takes part: what a schedule
--- stores was validated with nothing a client can change (docs/security.md).
+-- Time zones are checked against pg_timezone_names, which reads the whole
+-- zone directory (tens of milliseconds), so names already found valid are
+-- remembered for the session in the custom setting ratchet.cron_zones.
 create function ratchet._cron_check_zone(p_timezone text)
 returns void
 language plpgsql
 stable
 set search_path = pg_catalog, pg_temp
 as $$
+declare
+  v_key text := '|' || pg_catalog.lower(p_timezone) || '|';
+  v_cache text;
 begin
   if p_timezone = 'UTC' then
     return;
   end if;
-  if p_timezone is null or p_timezone = '' or pg_catalog.octet_length(p_timezone) > 100
-     or (not exists (select 1 from ratchet.time_zones z where z.name = pg_catalog.lower(p_timezone))
-         and not exists (
-           select 1 from pg_catalog.pg_timezone_names as z
-            where pg_catalog.lower(z.name) = pg_catalog.lower(p_timezone))) then
-    perform ratchet._raise('RT005',
-      pg_catalog.format('invalid cron time zone %L', p_timezone),
-      'use a time zone name from pg_timezone_names, e.g. ''UTC'' or ''America/New_York''');
+  -- The cache is '|name|name|...|', lower case.
+  v_cache := coalesce(
+    nullif(pg_catalog.current_setting('ratchet.cron_zones', true), ''),
+    '|');
+  if p_timezone <> '' and pg_catalog.strpos(v_cache, v_key) > 0 then
+    return;
   end if;
+  if p_timezone is null or p_timezone = ''
+     or pg_catalog.strpos(p_timezone, '|') > 0
+     or not exists (
+       select 1 from pg_catalog.pg_timezone_names as z
+        where pg_catalog.lower(z.name) = pg_catalog.lower(p_timezone)) then
+    raise exception using errcode = 'RT005',
+      message = pg_catalog.format('invalid cron time zone %L', p_timezone),
+      hint = 'use a time zone name from pg_timezone_names, '
+             'e.g. ''UTC'' or ''America/New_York''';
+  end if;
+  if pg_catalog.length(v_cache) > 8000 then
+    v_cache := '|';
+  end if;
+  perform pg_catalog.set_config('ratchet.cron_zones',
+                                v_cache || pg_catalog.lower(p_timezone) || '|',
+                                false);
 end;
 $$;
 
 comment on function ratchet._cron_check_zone(text) is
-  'Internal: raise RT005 unless p_timezone is a pg_timezone_names name (case-insensitively).';
+  'Internal: raise RT005 unless p_timezone is listed in pg_timezone_names '
+  '(case-insensitively); valid names are cached per session.';
 
 
 -- The first instant whose wall-clock time in p_timezone is p_local, or NULL
@@ -2210,11 +2097,11 @@ declare
 begin
   perform ratchet._cron_check_zone(p_timezone);
   if p_from is null or not pg_catalog.isfinite(p_from) then
-    perform ratchet._raise('RT005',
-      pg_catalog.format('%s needs a finite time, not %s',
+    raise exception using errcode = 'RT005',
+      message = pg_catalog.format('%s needs a finite time, not %s',
         case when p_backward then 'cron_prev' else 'cron_next' end,
         coalesce(p_from::text, 'NULL')),
-      'pass a timestamptz such as now()');
+      hint = 'pass a timestamptz such as now()';
   end if;
 
   -- Only a day-of-month restriction can be impossible (30 February): then
@@ -2228,11 +2115,11 @@ begin
         else 31 end;
     end loop;
     if not v_match then
-      perform ratchet._raise('RT005',
-        pg_catalog.format(
+      raise exception using errcode = 'RT005',
+        message = pg_catalog.format(
           'cron expression %L never fires: none of its months has that day',
           p_expr),
-        'check the day-of-month and month fields');
+        hint = 'check the day-of-month and month fields';
     end if;
   end if;
 
@@ -2329,13 +2216,12 @@ begin
     end if;
   end loop;
 
-  perform ratchet._raise('RT005',
-    pg_catalog.format(
+  raise exception using errcode = 'RT005',
+    message = pg_catalog.format(
       'cron expression %L does not fire in time zone %L within 10 years %s %s',
       p_expr, p_timezone, case when p_backward then 'before' else 'after' end,
       p_from),
-    'check the day-of-month and month fields');
-  return null;  -- not reached: _raise raised
+    hint = 'check the day-of-month and month fields';
 end;
 $$;
 
@@ -2345,40 +2231,40 @@ comment on function ratchet._cron_search(text, timestamptz, text, boolean) is
 
 
 create function ratchet.cron_next(
-  expr text, after timestamptz, timezone text default 'UTC'
+  p_expr text, p_after timestamptz, p_timezone text default 'UTC'
 ) returns timestamptz
 language plpgsql
 stable
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-  return ratchet._cron_search($1, $2, $3, false);
+  return ratchet._cron_search(p_expr, p_after, p_timezone, false);
 end;
 $$;
 
 comment on function ratchet.cron_next(text, timestamptz, text) is
-  'The first firing time of cron expression expr strictly after after, '
-  'evaluated in the wall-clock time of timezone (a pg_timezone_names name). '
+  'The first firing time of cron expression p_expr strictly after p_after, '
+  'evaluated in the wall-clock time of p_timezone (a pg_timezone_names name). '
   'Wall times skipped by a DST gap never fire; wall times repeated by a DST '
   'overlap fire once, at the first occurrence. Raises RT005 for an invalid '
   'expression, zone or time, or an expression that never fires.';
 
 
 create function ratchet.cron_prev(
-  expr text, at timestamptz, timezone text default 'UTC'
+  p_expr text, p_at timestamptz, p_timezone text default 'UTC'
 ) returns timestamptz
 language plpgsql
 stable
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-  return ratchet._cron_search($1, $2, $3, true);
+  return ratchet._cron_search(p_expr, p_at, p_timezone, true);
 end;
 $$;
 
 comment on function ratchet.cron_prev(text, timestamptz, text) is
-  'The latest firing time of cron expression expr at or before at, '
-  'evaluated in the wall-clock time of timezone (a pg_timezone_names name), '
+  'The latest firing time of cron expression p_expr at or before p_at, '
+  'evaluated in the wall-clock time of p_timezone (a pg_timezone_names name), '
   'with the same DST rules as ratchet.cron_next. Used to find the most recent '
   'missed firing after downtime. Raises RT005 for an invalid expression, zone '
   'or time, or an expression that never fires.';
@@ -2449,8 +2335,7 @@ begin
   on conflict (name) do update
     set cron = excluded.cron, timezone = excluded.timezone,
         workflow_name = excluded.workflow_name, input = excluded.input,
-        queue = excluded.queue, next_fire_at = excluded.next_fire_at,
-        last_error = null, last_error_at = null;
+        queue = excluded.queue, next_fire_at = excluded.next_fire_at;
   return v_next;
 end;
 $$;
@@ -2489,11 +2374,6 @@ comment on function ratchet.list_schedules() is
   'All schedules with their next firing time.';
 
 -- tick: start the due firings. Returns how many workflows it started.
---
--- Each schedule is handled in its own subtransaction: a schedule that fails
--- (its zone vanished from the server's tzdata, its queue is unusable, ...)
--- gets the error in last_error/last_error_at, a WARNING, and its next try
--- one minute later; the others keep firing. A good firing clears last_error.
 create function ratchet.tick()
 returns int
 language plpgsql
@@ -2506,8 +2386,6 @@ declare
   v_fire_at timestamptz;
   v_id      text;
   v_count   int := 0;
-  v_state   text;
-  v_message text;
 begin
   for v_sched in
     select * from ratchet.schedules s
@@ -2516,33 +2394,19 @@ begin
      limit 100
      for update skip locked
   loop
-    begin
-      -- the latest firing that is due (not every missed one)
-      v_fire_at := greatest(v_sched.next_fire_at,
-                            ratchet.cron_prev(v_sched.cron, v_now, v_sched.timezone));
-      v_id := ratchet._firing_id(v_sched.name, v_fire_at);
-      if not exists (select 1 from ratchet.workflows w where w.workflow_id = v_id) then
-        perform ratchet.start_workflow(v_sched.workflow_name,
-          input => v_sched.input, workflow_id => v_id, queue => v_sched.queue);
-        v_count := v_count + 1;
-      end if;
-      update ratchet.schedules s
-         set last_fired_at = v_fire_at, last_workflow_id = v_id,
-             next_fire_at = ratchet.cron_next(v_sched.cron, v_now, v_sched.timezone),
-             last_error = null, last_error_at = null
-       where s.name = v_sched.name;
-    exception when others then
-      get stacked diagnostics v_state = returned_sqlstate, v_message = message_text;
-      update ratchet.schedules s
-         set last_error = pg_catalog.jsonb_build_object(
-               'type', 'ScheduleError', 'sqlstate', v_state, 'message', v_message),
-             last_error_at = v_now,
-             next_fire_at = v_now + interval '1 minute'
-       where s.name = v_sched.name;
-      raise warning 'ratchet.tick: schedule "%" failed (%: %); the others fire, it is retried in a minute',
-        v_sched.name, v_state, v_message
-        using hint = 'see ratchet.schedules.last_error; fix or replace it with ratchet.schedule()';
-    end;
+    -- the latest firing that is due (not every missed one)
+    v_fire_at := greatest(v_sched.next_fire_at,
+                          ratchet.cron_prev(v_sched.cron, v_now, v_sched.timezone));
+    v_id := ratchet._firing_id(v_sched.name, v_fire_at);
+    if not exists (select 1 from ratchet.workflows w where w.workflow_id = v_id) then
+      perform ratchet.start_workflow(v_sched.workflow_name,
+        input => v_sched.input, workflow_id => v_id, queue => v_sched.queue);
+      v_count := v_count + 1;
+    end if;
+    update ratchet.schedules s
+       set last_fired_at = v_fire_at, last_workflow_id = v_id,
+           next_fire_at = ratchet.cron_next(v_sched.cron, v_now, v_sched.timezone)
+     where s.name = v_sched.name;
   end loop;
   return v_count;
 end;
@@ -2550,9 +2414,7 @@ $$;
 
 comment on function ratchet.tick() is
   'Start each due schedule firing exactly once (workflow id schedule:<name>:<time>). After '
-  'downtime only the latest missed firing starts. A failing schedule is isolated: its '
-  'error goes to last_error (and a WARNING) and the others fire. Safe to call from many '
-  'workers or pg_cron.';
+  'downtime only the latest missed firing starts. Safe to call from many workers or pg_cron.';
 
 -- ==== 80_manage.sql ====
 -- Managing workflows: cancel, resume, fork, purge.
@@ -2773,17 +2635,6 @@ grant execute on function
   ratchet.send(text, jsonb, text, text), ratchet.get_event(text, text),
   ratchet.cron_next(text, timestamptz, text), ratchet.cron_prev(text, timestamptz, text),
   ratchet.cron_parse(text)
-  to ratchet_worker, ratchet_client;
-
--- Pure helpers that the invoker-rights functions above call (the cron
--- evaluator, the clock's errors): they read nothing a role cannot already
--- read and write nothing.
-grant execute on function
-  ratchet._raise(text, text, text),
-  ratchet._cron_field(text, text, text, integer, integer),
-  ratchet._cron_check_zone(text),
-  ratchet._cron_instant(timestamp, text),
-  ratchet._cron_search(text, timestamptz, text, boolean)
   to ratchet_worker, ratchet_client;
 
 -- the worker protocol
