@@ -192,7 +192,9 @@ class Transaction(StepBase, Generic[P, R]):
         except _UserFailure as failure:
             raise failure.exc from None
         except psycopg.Error as exc:
-            if not connection_lost(exc):
+            # class 40 at COMMIT (serialization failure, deadlock): transient,
+            # nothing committed; release like a lost connection (issue 14)
+            if not connection_lost(exc) and not (exc.sqlstate or "").startswith("40"):
                 raise
             # The connection died (terminated backend, server restart) in the
             # function or at COMMIT. Nothing, or all of it with its checkpoint,

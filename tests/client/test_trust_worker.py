@@ -172,3 +172,40 @@ def test_fuzzed_hostile_inputs_end_with_a_stored_error_or_succeed(
 
     check()
     assert app.start(double, 1).result(timeout=10) == {"args": [1], "kwargs": {}}
+
+
+def test_serialization_failure_at_commit_of_a_transactional_step_is_not_its_error(
+    app: ratchet.App, conn: psycopg.Connection[Any],
+    run_worker: Callable[..., ratchet.Worker],
+) -> None:
+    # The user's transaction fails at COMMIT with 40001 once (a deferred
+    # constraint trigger stands in for a serializable conflict).
+    conn.execute("create table ledger (workflow_id text)")
+    conn.execute("create sequence commit_fault_seq")
+    conn.execute("""
+        create function commit_fault() returns trigger language plpgsql as $$
+        begin
+          if pg_catalog.nextval('public.commit_fault_seq') = 1 then
+            raise exception using errcode = '40001', message = 'could not serialize access';
+          end if;
+          return new;
+        end $$""")
+    conn.execute("create constraint trigger commit_fault after insert on ledger"
+                 " deferrable initially deferred for each row execute function commit_fault()")
+
+    @app.transaction()
+    def book(cur: psycopg.Cursor[Any]) -> str:
+        cur.execute("insert into ledger values (%s)", [ratchet.workflow_id()])
+        return "booked"
+
+    @app.workflow()
+    def pay() -> str:
+        return book()
+
+    handle = app.start(pay, workflow_id="pay-1")
+    run_worker(app)
+    assert handle.result(timeout=20) == "booked"
+    assert conn.execute("select status, error, attempts from ratchet.workflows").fetchone() == \
+        {"status": "succeeded", "error": None, "attempts": 1}
+    assert conn.execute("select error from ratchet.steps").fetchall() == [{"error": None}]
+    assert conn.execute("select count(*) as n from ledger").fetchone() == {"n": 1}
