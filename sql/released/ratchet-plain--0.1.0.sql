@@ -2237,10 +2237,6 @@ language plpgsql
 stable
 set search_path = pg_catalog, pg_temp
 as $$
-declare
-  p_expr     alias for $1;
-  p_after    alias for $2;
-  p_timezone alias for $3;
 begin
   return ratchet._cron_search(p_expr, p_after, p_timezone, false);
 end;
@@ -2261,10 +2257,6 @@ language plpgsql
 stable
 set search_path = pg_catalog, pg_temp
 as $$
-declare
-  p_expr     alias for $1;
-  p_at       alias for $2;
-  p_timezone alias for $3;
 begin
   return ratchet._cron_search(p_expr, p_at, p_timezone, true);
 end;
