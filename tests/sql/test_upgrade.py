@@ -302,6 +302,8 @@ def test_workflows_in_flight_finish_after_the_upgrade(new_db: Callable[[], str],
     assert f"upgraded ratchet {OLD} -> {NEW}" in message, message
 
     with connect(dsn) as c:
+        # 0.2.0 honours the fake clock only where the owner enabled it
+        c.execute("update ratchet.settings set fake_clock_enabled = true")
         # the worker that was running during the upgrade carries on with its run
         set_now(c, "2030-01-01 00:00:05+00")
         assert drive(c, handles["running"], done=2) == "finished"
