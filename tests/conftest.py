@@ -209,7 +209,7 @@ def _install(dsn: str, mode: str) -> None:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Say how Ratchet was installed in the test databases."""
     for note in _install_note:
-        label = "server" if note.startswith("PostgreSQL") else "ratchet installed in test databases by"
+        label = "server" if note.startswith("PostgreSQL") else "ratchet installed by"
         terminalreporter.write_line(f"{label}: {note}")
 
 

@@ -63,7 +63,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("MATRIX_JOBS", "2")))
     args, extra = parser.parse_known_args(argv)
     versions = [v.strip() for v in args.versions.split(",") if v.strip()]
-    print(f"matrix: tests/sql on PostgreSQL {', '.join(versions)} ({args.jobs} at a time)", flush=True)
+    print(f"matrix: tests/sql on PostgreSQL {', '.join(versions)} ({args.jobs} at a time)",
+          flush=True)
     started = time.monotonic()
     failed = []
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
