@@ -657,7 +657,7 @@ class Worker extends EventEmitter {
     this.#running = true;
     const heartbeat = setInterval(() => void this.#heartbeat(), (this.lease * 1000) / 3);
     try {
-      await this.#connectListener();
+      if (this.#listenConfig) await this.#connectListener(this.#listenConfig);
       this.log.info(`worker ${this.workerId} serving ${this.queues.join(', ')} ` +
         `(concurrency ${this.concurrency}, lease ${this.lease} s)`);
       this.emit('started');
