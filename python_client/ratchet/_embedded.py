@@ -87,7 +87,7 @@ def find_bindir(bindir: str | os.PathLike[str] | None = None) -> Path:
         candidates.extend(Path(p) for p in reversed(debian))
     for cand in candidates:
         if all(os.access(cand / name, os.X_OK) for name in _PG_BINARIES):
-            return cand
+            return cand.absolute()  # the binaries run with another cwd
     tried = ", ".join(str(c) for c in candidates) or "nothing"
     raise EmbeddedPostgresError(
         f"PostgreSQL server binaries (initdb, pg_ctl, postgres) not found; tried {tried}. "

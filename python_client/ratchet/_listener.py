@@ -77,7 +77,7 @@ class Listener:
     #: how long one wait for notifications lasts before new channels are LISTENed
     TICK = 0.25
 
-    def __init__(self, conninfo: Callable[[], str]) -> None:
+    def __init__(self, conninfo: Callable[[], str | None]) -> None:
         self._conninfo = conninfo
         self._lock = threading.Condition()
         self._subs: dict[int, Subscription] = {}
@@ -96,6 +96,8 @@ class Listener:
         notification (unless the LISTEN connection is failing: then polling
         alone has to do)."""
         sub = Subscription(self, channel, payload, callback)
+        if self._conninfo() is None:  # behind a pooler: polling only, never LISTEN
+            return sub
         with self._lock:
             self._subs[next(self._ids)] = sub
             self._wanted.add(channel)
@@ -108,6 +110,8 @@ class Listener:
     def add_channels(self, channels: Iterable[str], wait: float = 2.0) -> None:
         """LISTEN on ``channels`` (waiting up to ``wait`` seconds for it)."""
         channels = set(channels)
+        if self._conninfo() is None:
+            return
         with self._lock:
             self._wanted |= channels
             self._start()
@@ -152,7 +156,10 @@ class Listener:
         delay = 0.5
         while not self._closed.is_set():
             try:
-                with psycopg.connect(self._conninfo(), autocommit=True) as conn:
+                conninfo = self._conninfo()
+                if conninfo is None:
+                    return
+                with psycopg.connect(conninfo, autocommit=True) as conn:
                     delay = 0.5
                     self._serve(conn)
             except psycopg.Error as exc:

@@ -165,6 +165,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise CliError(f"{args.app!r} is not a ratchet.App (use MODULE:ATTRIBUTE)")
     if args.dsn:
         obj.set_dsn(args.dsn)
+    if args.pooled:
+        obj.pooled = True
+    if args.listen_dsn:
+        obj.set_listen_dsn(args.listen_dsn)
     try:
         obj.run_worker(args.queue or ["default"], concurrency=args.concurrency,
                        lease=args.lease, poll_interval=args.poll_interval,
@@ -385,6 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lease in seconds; heartbeats every lease/3 (default 30)")
     p.add_argument("--poll-interval", type=float, default=None,
                    help="seconds between claims when no notification arrives (default 1)")
+    p.add_argument("--listen-dsn", default=os.environ.get("RATCHET_LISTEN_DSN"),
+                   help="direct connection (not through a pooler) to LISTEN on for wake-ups "
+                        "(default $RATCHET_LISTEN_DSN)")
+    p.add_argument("--pooled", action="store_true",
+                   help="--dsn is a transaction pooler: never LISTEN on it "
+                        "(docs/deployment.md)")
     p.add_argument("--grace-period", type=float, default=10.0,
                    help="seconds to let running workflows finish on SIGTERM (default 10)")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -55,6 +56,10 @@ def test_plpgsql_check_reports_nothing(conn: Conn) -> None:
         "select 1 from pg_available_extensions where name = 'plpgsql_check'"
     ).fetchone()
     if available is None:
+        if os.environ.get("RATCHET_TEST_PG_BINDIR") or os.environ.get("RATCHET_TEST_PG", "15") != "15":
+            # The npm server builds of the version matrix carry no plpgsql_check;
+            # the lint runs on the system PostgreSQL 15 in the same `make test`.
+            pytest.skip("plpgsql_check is not packaged for this test server (it runs on 15)")
         pytest.fail("plpgsql_check is not installed (Debian: postgresql-15-plpgsql-check)")
     conn.execute("create extension plpgsql_check")
     problems = conn.execute(
