@@ -53,6 +53,7 @@ grant execute on function
   ratchet.start_workflow(text, jsonb, text, text, int, text, timestamptz, interval, int, text),
   ratchet.start_workflows(text, jsonb[], text, text[]),
   ratchet.get_workflow(text), ratchet.get_steps(text), ratchet.wait_result(text, interval),
+  ratchet.explain(text),
   ratchet.send(text, jsonb, text, text), ratchet.get_event(text, text),
   ratchet.cron_next(text, timestamptz, text), ratchet.cron_prev(text, timestamptz, text),
   ratchet.cron_parse(text)
