@@ -32,7 +32,7 @@ declare
   v_now       timestamptz := ratchet.now();
   v_wf        ratchet.workflows;
   v_q         ratchet.queues;
-  v_reasons   jsonb := '[]';
+  v_reasons   jsonb := '[]'::jsonb;
   v_queue     jsonb;
   v_lease     jsonb;
   v_wait      jsonb;
