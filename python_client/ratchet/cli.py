@@ -352,7 +352,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     try:
         from .ui import serve
     except ImportError as exc:
-        raise CliError(f"the dashboard needs its extra: pip install 'pg-ratchet[ui]' ({exc})") from exc
+        raise CliError("the dashboard needs its extra: pip install 'pg-ratchet[ui]' "
+                       f"({exc})") from exc
     token = args.token or os.environ.get("RATCHET_UI_TOKEN")
     if args.actions and not token:
         raise CliError("--actions needs --token (or RATCHET_UI_TOKEN)")

@@ -9,8 +9,8 @@ the indexes of sql/10_tables.sql; tests/ui/test_plans.py checks the plans.
 
 from __future__ import annotations
 
-#: Workflows per status. Ended statuses are counted from the table (one scan
-#: of the status column); the live ones come from their partial indexes.
+#: Workflows per status: one scan of the table (838 ms with 1M rows), so the
+#: dashboard caches it when it is slow (see ratchet.ui.app.Cache).
 STATUS_COUNTS = """
 select status, count(*)::bigint as n from ratchet.workflows group by status
 """
@@ -20,20 +20,25 @@ select status, count(*)::bigint as n from ratchet.workflows group by status
 QUEUES = """
 select q.name as queue, q.paused, q.concurrency, q.worker_concurrency,
        q.rate_limit, q.rate_period, q.created_at,
-       coalesce(l.due, 0) as due, coalesce(l.waiting, 0) as waiting,
-       coalesce(l.running, 0) as running, coalesce(l.expired, 0) as expired,
-       l.oldest_due_at, now() - l.oldest_due_at as oldest_due_age
+       coalesce(e.due, 0) as due, coalesce(e.waiting, 0) as waiting,
+       coalesce(r.running, 0) as running, coalesce(r.expired, 0) as expired,
+       e.oldest_due_at, now() - e.oldest_due_at as oldest_due_age
   from ratchet.queues q
+  -- one lateral per partial index: "status in (enqueued, running)" matches
+  -- neither index predicate and would scan the whole table per queue
   left join lateral (
-    select count(*) filter (where w.status = 'enqueued' and w.start_at <= now()) as due,
-           count(*) filter (where w.status = 'enqueued' and w.start_at > now()) as waiting,
-           count(*) filter (where w.status = 'running') as running,
-           count(*) filter (where w.status = 'running' and w.lease_expires_at < now()) as expired,
-           min(w.start_at) filter (where w.status = 'enqueued' and w.start_at <= now())
-             as oldest_due_at
+    select count(*) filter (where w.start_at <= now()) as due,
+           count(*) filter (where w.start_at > now()) as waiting,
+           min(w.start_at) filter (where w.start_at <= now()) as oldest_due_at
       from ratchet.workflows w
-     where w.queue = q.name and w.status in ('enqueued', 'running')
-  ) l on true
+     where w.queue = q.name and w.status = 'enqueued'
+  ) e on true
+  left join lateral (
+    select count(*) as running,
+           count(*) filter (where w.lease_expires_at < now()) as expired
+      from ratchet.workflows w
+     where w.queue = q.name and w.status = 'running'
+  ) r on true
  order by q.name
 """
 
@@ -134,9 +139,11 @@ def list_query(filters: dict[str, object], limit: int,
         where.append("w.created_at < %(until)s")
         params["until"] = filters["until"]
     if filters.get("q"):
-        # an exact id is found by the primary key; else a substring match
-        where.append("(w.workflow_id = %(q)s or strpos(w.workflow_id, %(q)s) > 0)")
+        # id prefix: a range of the primary key, rechecked by starts_with
+        where.append("w.workflow_id >= %(q)s and w.workflow_id < %(q_end)s "
+                     "and starts_with(w.workflow_id, %(q)s)")
         params["q"] = filters["q"]
+        params["q_end"] = str(filters["q"]) + "\U0010ffff"
     if after is not None:
         # the first condition is the index bound, the second breaks ties
         where.append("w.created_at <= %(after_ts)s")
