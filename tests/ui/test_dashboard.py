@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -254,3 +257,12 @@ def test_read_only_role_with_select_only(conn: Conn, demo: dict[str, int],
     finally:
         conn.execute(f"drop owned by {role}")
         conn.execute(f"drop role {role}")
+
+
+def test_cli_refuses_actions_without_a_token(dsn: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "ratchet", "ui", "--dsn", dsn, "--actions"],
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "RATCHET_UI_TOKEN": ""})
+    assert r.returncode == 1
+    assert "--actions needs --token" in r.stderr
+    assert "Traceback" not in r.stderr
