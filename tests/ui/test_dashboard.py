@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import psycopg
 import pytest
+from conftest import SHOTS
 from playwright.sync_api import expect
 
 Conn = psycopg.Connection[Any]
@@ -120,6 +121,8 @@ def test_workflow_page_shows_timeline_explain_and_details(
     expect(page.locator("#children")).to_contain_text(child)
     expect(page.locator("#events")).to_contain_text("progress")
     expect(page.locator("#messages")).to_contain_text("ops")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "workflow-page-waiting-for-child.png"), full_page=True)
     page.click(f"#children a:has-text('{child}')")
     expect(page.locator("#parent")).to_have_text(parent)
 
@@ -128,6 +131,7 @@ def test_workflow_page_shows_timeline_explain_and_details(
     page.goto(url + "/workflows/" + quote(failed))
     expect(page.locator("#traceback")).to_contain_text("Traceback (most recent call last)")
     expect(page.locator("#timeline svg rect.step.failed")).to_have_count(1)
+    page.screenshot(path=str(SHOTS / "workflow-page-failed.png"), full_page=True)
     expect(page.locator("#explain")).to_have_count(0)
 
     response = page.goto(url + "/workflows/no-such-workflow")

@@ -294,20 +294,24 @@ def create_app(dsn: str, *, actions: bool = False, token: str | None = None,
         rows = await cache.get(pool, "counts", queries.STATUS_COUNTS)
         counts.update({r["status"]: int(r["n"]) for r in rows})
         window = request.query_params.get("window", "1 hour")
-        windows = {"15 minutes": "30 seconds", "1 hour": "1 minute",
-                   "6 hours": "5 minutes", "1 day": "30 minutes", "7 days": "3 hours"}
+        windows = {"15 minutes": (900, 30), "1 hour": (3600, 60), "6 hours": (21600, 300),
+                   "1 day": (86400, 1800), "7 days": (604800, 10800)}
         if window not in windows:
             return error(request, f"window must be one of {', '.join(windows)}")
+        span, step = windows[window]
+        start = datetime.now(timezone.utc).timestamp() - span
         buckets = await cache.get(pool, "throughput " + window, queries.THROUGHPUT,
-                                  {"window": window, "bucket": windows[window]})
+                                  {"window": timedelta(seconds=span),
+                                   "bucket": timedelta(seconds=step)})
+        slots = span // step
         workers = await fetch(queries.WORKERS)
         view = await fetch("select to_regclass('ratchet.workers') is not null as present")
         registered = await fetch(queries.WORKERS_VIEW) if view[0]["present"] else None
         return render(request, "overview.html", counts=counts, total=sum(counts.values()),
                       queues=await fetch(queries.QUEUES), workers=workers,
                       registered=registered, window=window, windows=list(windows),
-                      throughput=charts.throughput(buckets),
-                      failure=charts.failure_rate(buckets))
+                      throughput=charts.throughput(buckets, start, step, slots),
+                      failure=charts.failure_rate(buckets, start, step, slots))
 
     async def workflows(request: Request) -> Response:
         try:

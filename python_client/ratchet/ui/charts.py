@@ -13,19 +13,27 @@ PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#9
 def _svg(width: int, height: int, body: list[str], label: str) -> Markup:
     return Markup(
         f'<svg class="chart" viewBox="0 0 {width} {height}" width="100%" role="img" '
-        f'aria-label="{escape(label)}" preserveAspectRatio="none">' + "".join(body) + "</svg>")
+        f'aria-label="{escape(label)}">' + "".join(body) + "</svg>")
 
 
-def throughput(buckets: list[dict[str, Any]]) -> Markup:
-    """Stacked bars per bucket: succeeded, failed (and dead), cancelled."""
-    w, h = 600, 140
+def _slot(b: dict[str, Any], start: float, bucket: float, slots: int) -> int:
+    t = _t(b["bucket"])
+    return min(max(int(round(((t or start) - start) / bucket)), 0), slots - 1)
+
+
+def throughput(buckets: list[dict[str, Any]], start: float, bucket: float,
+               slots: int) -> Markup:
+    """Stacked bars per bucket of the window: succeeded, failed (and dead),
+    cancelled; ``slots`` buckets of ``bucket`` seconds from ``start``."""
+    w, h = 600, 120
     if not buckets:
-        return _svg(w, h, ['<text x="10" y="70" class="empty">no workflow ended in this '
+        return _svg(w, h, ['<text x="10" y="60" class="empty">no workflow ended in this '
                            'window</text>'], "throughput")
     peak = max(b["succeeded"] + b["failed"] + b["cancelled"] for b in buckets) or 1
-    bw = w / max(len(buckets), 1)
+    bw = w / slots
     body = []
-    for i, b in enumerate(buckets):
+    for b in buckets:
+        i = _slot(b, start, bucket, slots)
         y = float(h)
         for key, color in (("succeeded", "#59a14f"), ("failed", "#e15759"),
                            ("cancelled", "#bab0ac")):
@@ -40,20 +48,27 @@ def throughput(buckets: list[dict[str, Any]]) -> Markup:
     return _svg(w, h, body, "throughput")
 
 
-def failure_rate(buckets: list[dict[str, Any]]) -> Markup:
-    """Failed share of ended workflows per bucket, as a line (0-100%)."""
-    w, h = 600, 100
+def failure_rate(buckets: list[dict[str, Any]], start: float, bucket: float,
+                 slots: int) -> Markup:
+    """Failed share of ended workflows per bucket, as a line with points (0-100%)."""
+    w, h = 600, 80
     points = []
-    bw = w / max(len(buckets), 1)
-    for i, b in enumerate(buckets):
+    bw = w / slots
+    dots = []
+    for b in buckets:
+        i = _slot(b, start, bucket, slots)
         ended = b["succeeded"] + b["failed"] + b["cancelled"]
         rate = b["failed"] / ended if ended else 0.0
-        points.append(f"{i * bw + bw / 2:.1f},{h - rate * (h - 4):.1f}")
+        x, y = i * bw + bw / 2, h - rate * (h - 4)
+        points.append(f"{x:.1f},{y:.1f}")
+        dots.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="#e15759">'
+                    f'<title>{rate:.0%} failed of {ended}</title></circle>')
     body = [f'<line x1="0" y1="{h}" x2="{w}" y2="{h}" class="axis"/>',
             '<text x="4" y="12" class="axis">100%</text>']
     if points:
         body.append(f'<polyline fill="none" stroke="#e15759" stroke-width="2" '
                     f'points="{" ".join(points)}"/>')
+        body += dots
     return _svg(w, h, body, "failure rate")
 
 
