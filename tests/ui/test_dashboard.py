@@ -13,7 +13,11 @@ from urllib.parse import quote
 import psycopg
 import pytest
 from conftest import SHOTS
-from playwright.sync_api import expect
+
+expect = pytest.importorskip(
+    "playwright.sync_api",
+    reason="the dashboard tests need Playwright for Python (pip install playwright; "
+           "the system Chromium is used, no browser download)").expect
 
 Conn = psycopg.Connection[Any]
 STATUSES = ("enqueued", "running", "succeeded", "failed", "cancelled", "dead")

@@ -500,4 +500,4 @@ def serve(dsn: str, host: str = "127.0.0.1", port: int = 8080, *, actions: bool 
     import uvicorn
 
     app = create_app(dsn, actions=actions, token=token, poll_interval=poll_interval)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
