@@ -65,3 +65,11 @@ def test_list_pages_walk_the_created_index(conn: psycopg.Connection[Any], filled
             assert row is not None
             names = [name for _, name in scans(row["QUERY PLAN"][0]["Plan"])]
             assert "workflows_created_idx" in names, (label, names)
+
+
+def test_queue_stats_view_reads_the_partial_indexes(conn: psycopg.Connection[Any],
+                                                    filled: Any) -> None:
+    row = conn.execute("explain (format json) select * from ratchet.queue_stats").fetchone()
+    assert row is not None
+    found = scans(row["QUERY PLAN"][0]["Plan"])
+    assert ("Seq Scan", "workflows") not in found, found
