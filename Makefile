@@ -41,7 +41,7 @@ ifneq ($(PGXS),)
 include $(PGXS)
 endif
 
-.PHONY: help sql deps pgversions test test-matrix test-fast lint chaos bench demo
+.PHONY: help sql deps pgversions test test-matrix test-fast lint chaos bench demo demo-ui
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -88,3 +88,6 @@ bench: sql deps ## Benchmarks; writes docs/benchmarks.md
 
 demo: sql deps ## The demo: crash a worker mid-workflow and watch it recover
 	$(PY) -m ratchet demo
+
+demo-ui: sql deps ## The dashboard on a throwaway PostgreSQL with demo workflows in every state
+	$(PY) -m ratchet.ui.demo --port $${PORT:-8080}

@@ -9,22 +9,29 @@ select q.name as queue,
        q.worker_concurrency,
        q.rate_limit,
        q.rate_period,
-       coalesce(l.due, 0)      as enqueued_due,
-       coalesce(l.waiting, 0)  as enqueued_waiting,
-       coalesce(l.running, 0)  as running,
-       coalesce(l.expired, 0)  as running_lease_expired,
-       l.oldest_due_at,
-       ratchet.now() - l.oldest_due_at as oldest_due_age
+       coalesce(e.due, 0)      as enqueued_due,
+       coalesce(e.waiting, 0)  as enqueued_waiting,
+       coalesce(r.running, 0)  as running,
+       coalesce(r.expired, 0)  as running_lease_expired,
+       e.oldest_due_at,
+       ratchet.now() - e.oldest_due_at as oldest_due_age
   from ratchet.queues q
+  -- one lateral per partial index: a filter "status in ('enqueued',
+  -- 'running')" matches neither index predicate, and with a million ended
+  -- workflows the planner scanned the whole table once per queue
   left join lateral (
-    select count(*) filter (where w.status = 'enqueued' and w.start_at <= ratchet.now()) as due,
-           count(*) filter (where w.status = 'enqueued' and w.start_at > ratchet.now())  as waiting,
-           count(*) filter (where w.status = 'running') as running,
-           count(*) filter (where w.status = 'running' and w.lease_expires_at < ratchet.now()) as expired,
-           min(w.start_at) filter (where w.status = 'enqueued' and w.start_at <= ratchet.now()) as oldest_due_at
+    select count(*) filter (where w.start_at <= ratchet.now()) as due,
+           count(*) filter (where w.start_at > ratchet.now())  as waiting,
+           min(w.start_at) filter (where w.start_at <= ratchet.now()) as oldest_due_at
       from ratchet.workflows w
-     where w.queue = q.name and w.status in ('enqueued', 'running')
-  ) l on true;
+     where w.queue = q.name and w.status = 'enqueued'
+  ) e on true
+  left join lateral (
+    select count(*) as running,
+           count(*) filter (where w.lease_expires_at < ratchet.now()) as expired
+      from ratchet.workflows w
+     where w.queue = q.name and w.status = 'running'
+  ) r on true;
 
 comment on view ratchet.queue_stats is
   'Per queue: limits, due and waiting (sleeping/delayed) enqueued workflows, running ones, '
@@ -59,6 +66,7 @@ grant execute on function
   ratchet.start_workflow(text, jsonb, text, text, int, text, timestamptz, interval, int, text),
   ratchet.start_workflows(text, jsonb[], text, text[]),
   ratchet.get_workflow(text), ratchet.get_steps(text), ratchet.wait_result(text, interval),
+  ratchet.explain(text),
   ratchet.send(text, jsonb, text, text), ratchet.get_event(text, text),
   ratchet.cron_next(text, timestamptz, text), ratchet.cron_prev(text, timestamptz, text),
   ratchet.cron_parse(text)

@@ -352,6 +352,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.dsn)
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    try:
+        from .ui import serve
+    except ImportError as exc:
+        raise CliError("the dashboard needs its extra: pip install 'pg-ratchet[ui]' "
+                       f"({exc})") from exc
+    token = args.token or os.environ.get("RATCHET_UI_TOKEN")
+    if args.actions and not token:
+        raise CliError("--actions needs --token (or RATCHET_UI_TOKEN)")
+    print(f"Ratchet dashboard on http://{args.host}:{args.port}/ "
+          f"({'actions on' if args.actions else 'read-only'})", flush=True)
+    serve(resolve_dsn(args.dsn), args.host, args.port, actions=args.actions, token=token,
+          poll_interval=args.poll_interval)
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------
 
 
@@ -449,6 +465,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("queues", "queues with their limits and counts (ratchet.queue_stats)")
     p.set_defaults(func=cmd_queues)
+
+    p = add("ui", "serve the web dashboard (needs pip install 'pg-ratchet[ui]')")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument("--actions", action="store_true",
+                   help="enable cancel/resume/fork/pause (behind --token, with CSRF checks)")
+    p.add_argument("--token", help="token that signs in for actions (or RATCHET_UI_TOKEN)")
+    p.add_argument("--poll-interval", type=float, default=1.0,
+                   help="seconds between the shared change polls for live updates (default 1)")
+    p.set_defaults(func=cmd_ui)
 
     p = add("demo", "kill a worker with SIGKILL mid-workflow and watch another finish it, "
                     "every step exactly once (starts a throwaway PostgreSQL without --dsn)")
