@@ -31,9 +31,7 @@ comment on sequence ratchet.run_id_seq is
 create table ratchet.workflows (
   workflow_id      text primary key,
   -- status first among the mutable columns: every hot-path index filters on it
-  status           text not null default 'enqueued'
-                   check (status in ('enqueued', 'running', 'succeeded', 'failed',
-                                     'cancelled', 'dead')),
+  status           text not null default 'enqueued',
   name             text not null,
   queue            text not null,
   input            jsonb not null default '{}',
@@ -62,7 +60,18 @@ create table ratchet.workflows (
   started_at       timestamptz,       -- first claim
   ended_at         timestamptz,
   updated_at       timestamptz not null,
-  check (status <> 'running' or (run_id is not null and lease_expires_at is not null))
+  -- The state machine's invariants, River-style: whatever writes the table,
+  -- a row that breaks one of them cannot exist.
+  constraint workflows_status_check
+    check (status in ('enqueued', 'running', 'succeeded', 'failed', 'cancelled', 'dead')),
+  -- ended_at is set exactly for the end states
+  constraint workflows_ended_at_check
+    check ((ended_at is not null) = (status in ('succeeded', 'failed', 'cancelled', 'dead'))),
+  -- a running workflow has a run, a worker and a lease; any other has none
+  constraint workflows_run_check
+    check (case when status = 'running'
+                then run_id is not null and worker_id is not null and lease_expires_at is not null
+                else run_id is null and worker_id is null and lease_expires_at is null end)
 );
 
 comment on table ratchet.workflows is

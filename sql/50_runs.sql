@@ -162,11 +162,7 @@ begin
     perform ratchet._check_payload(p_output, 'output');
   end if;
   v_wf := ratchet._lock_run(p_workflow_id, p_run_id, true);
-  update ratchet.workflows w
-     set status = 'succeeded', output = p_output, error = null, ended_at = v_now,
-         run_id = null, worker_id = null, lease_expires_at = null, updated_at = v_now
-   where w.workflow_id = p_workflow_id;
-  perform ratchet._on_end(p_workflow_id, v_wf.parent_id, v_now);
+  perform ratchet._end_run(v_wf, 'succeeded', p_output, null, v_now);
 end;
 $$;
 
@@ -204,23 +200,12 @@ begin
   v_wf := ratchet._lock_run(p_workflow_id, p_run_id, true);
 
   if p_retry_in is not null and v_wf.attempts < v_wf.max_attempts then
-    update ratchet.workflows w
-       set status = 'enqueued', error = p_error, attempts = w.attempts + 1,
-           start_at = v_now + p_retry_in,
-           run_id = null, worker_id = null, lease_expires_at = null, updated_at = v_now
-     where w.workflow_id = p_workflow_id;
-    if p_retry_in = interval '0' then
-      perform ratchet._wake_queue(v_wf.queue);
-    end if;
+    perform ratchet._requeue(v_wf, v_now + p_retry_in, null, null, true, p_error, v_now);
     return 'enqueued';
   end if;
 
   v_status := case when p_retry_in is null then 'failed' else 'dead' end;
-  update ratchet.workflows w
-     set status = v_status, error = p_error, ended_at = v_now,
-         run_id = null, worker_id = null, lease_expires_at = null, updated_at = v_now
-   where w.workflow_id = p_workflow_id;
-  perform ratchet._on_end(p_workflow_id, v_wf.parent_id, v_now);
+  perform ratchet._end_run(v_wf, v_status, null, p_error, v_now);
   return v_status;
 end;
 $$;
@@ -255,7 +240,6 @@ declare
   v_now      timestamptz := ratchet.now();
   v_wf       ratchet.workflows;
   v_key      text := p_wait_key;
-  v_start_at timestamptz := p_until;
 begin
   if p_until is null then
     perform ratchet._raise('RT005', 'until must not be NULL',
@@ -272,6 +256,11 @@ begin
   end if;
   v_wf := ratchet._lock_run(p_workflow_id, p_run_id, true);
 
+  if p_until <= v_now or p_wait_for is null then
+    perform ratchet._requeue(v_wf, p_until, null, null, false, null, v_now);
+    return;
+  end if;
+  perform ratchet._requeue(v_wf, p_until, p_wait_for, v_key, false, null, v_now);
   -- The awaited thing may already be there: then wake at once (no lost wake-up).
   if (p_wait_for = 'message' and exists (
         select 1 from ratchet.messages m
@@ -279,17 +268,7 @@ begin
      or (p_wait_for = 'child' and exists (
         select 1 from ratchet.workflows c
          where c.workflow_id = v_key and c.status in ('succeeded', 'failed', 'cancelled', 'dead'))) then
-    v_start_at := v_now;
-  end if;
-
-  update ratchet.workflows w
-     set status = 'enqueued', start_at = v_start_at,
-         wait_for = case when v_start_at > v_now then p_wait_for end,
-         wait_key = case when v_start_at > v_now and p_wait_for is not null then v_key end,
-         run_id = null, worker_id = null, lease_expires_at = null, updated_at = v_now
-   where w.workflow_id = p_workflow_id;
-  if v_start_at <= v_now then
-    perform ratchet._wake_queue(v_wf.queue);
+    perform ratchet._wake_waiter(p_workflow_id, p_wait_for, v_key, v_now);
   end if;
 end;
 $$;
