@@ -49,8 +49,9 @@ comment on function ratchet._wake_waiter(text, text, text, timestamptz) is
   'Internal: make a workflow waiting for this message topic or child due now, and wake its queue.';
 
 -- The end of a workflow (p_wf: its row, locked by the caller): the one place
--- that moves it to an end state, clears its run, tells waiters on
--- "ratchet.ended" and wakes a parent that waits for it.
+-- that moves it to an end state, closes and clears its run (ratchet.runs gets
+-- the outcome), tells waiters on "ratchet.ended" and wakes a parent that
+-- waits for it.
 create function ratchet._end_run(
   p_wf ratchet.workflows, p_status text, p_output jsonb, p_error jsonb, p_now timestamptz)
 returns void
@@ -58,6 +59,12 @@ language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
 begin
+  if p_wf.run_id is not null then
+    update ratchet.runs r
+       set ended_at = p_now, outcome = p_status,
+           error = case when p_status in ('failed', 'dead') then p_error end
+     where r.workflow_id = p_wf.workflow_id and r.run_id = p_wf.run_id;
+  end if;
   update ratchet.workflows w
      set status = p_status, output = p_output, error = p_error, ended_at = p_now,
          run_id = null, worker_id = null, lease_expires_at = null,
@@ -77,7 +84,8 @@ comment on function ratchet._end_run(ratchet.workflows, text, jsonb, jsonb, time
 -- The workflow's run stops and the workflow goes back to its queue, due at
 -- p_start_at, optionally waiting for a message or child. p_retry: the run
 -- failed and is retried (stores p_error, costs an attempt); else it was a
--- suspension (costs nothing). Wakes the queue when it is due now.
+-- suspension (costs nothing). Closes the run in ratchet.runs (retried,
+-- suspended, or released when due at once). Wakes the queue when it is due now.
 create function ratchet._requeue(
   p_wf ratchet.workflows, p_start_at timestamptz, p_wait_for text, p_wait_key text,
   p_retry boolean, p_error jsonb, p_now timestamptz)
@@ -86,6 +94,13 @@ language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
 begin
+  update ratchet.runs r
+     set ended_at = p_now,
+         outcome = case when p_retry then 'retried'
+                        when p_start_at <= p_now and p_wait_for is null then 'released'
+                        else 'suspended' end,
+         error = case when p_retry then p_error end
+   where r.workflow_id = p_wf.workflow_id and r.run_id = p_wf.run_id;
   update ratchet.workflows w
      set status = 'enqueued', start_at = p_start_at,
          wait_for = p_wait_for, wait_key = p_wait_key,
@@ -175,9 +190,12 @@ comment on function ratchet._expire_deadlines(text[], text, timestamptz) is
 -- Claim one row the caller has locked (an enqueued due workflow, or a running
 -- one whose lease expired): cancel it if its deadline passed, move it to dead
 -- if it is a recovery out of attempts, else give it a new run and lease.
--- Returns the claimed row, or a row of NULLs when nothing was claimed.
+-- A recovery closes the previous run as lost; the new run gets its row in
+-- ratchet.runs. Returns the claimed row, or a row of NULLs when nothing was
+-- claimed.
 create function ratchet._claim_row(
-  p_wf ratchet.workflows, p_worker_id text, p_lease interval, p_now timestamptz)
+  p_wf ratchet.workflows, p_worker_id text, p_lease interval, p_now timestamptz,
+  p_app_version text)
 returns ratchet.claimed
 language plpgsql
 set search_path = pg_catalog, pg_temp
@@ -191,6 +209,12 @@ begin
       pg_catalog.jsonb_build_object('type', 'DeadlineExceeded',
                                     'message', 'the workflow''s timeout passed'));
     return v_claimed;
+  end if;
+  if v_recovery then
+    -- the previous run stopped renewing its lease
+    update ratchet.runs r set ended_at = p_now, outcome = 'lost'
+     where r.workflow_id = p_wf.workflow_id and r.run_id = p_wf.run_id;
+    p_wf.run_id := null;
   end if;
   if v_recovery and p_wf.attempts >= p_wf.max_attempts then
     perform ratchet._end_run(p_wf, 'dead', null, pg_catalog.jsonb_build_object(
@@ -214,6 +238,8 @@ begin
   returning w.workflow_id, w.name, w.input, w.run_id, w.attempts
        into v_claimed.workflow_id, v_claimed.name, v_claimed.input, v_claimed.run_id,
             v_claimed.attempt;
+  insert into ratchet.runs (workflow_id, run_id, attempt, worker_id, app_version, claimed_at)
+  values (p_wf.workflow_id, v_claimed.run_id, v_claimed.attempt, p_worker_id, p_app_version, p_now);
 
   select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
            'step_id', s.step_id, 'name', s.name, 'output', s.output, 'error', s.error)
@@ -225,7 +251,7 @@ begin
 end;
 $$;
 
-comment on function ratchet._claim_row(ratchet.workflows, text, interval, timestamptz) is
+comment on function ratchet._claim_row(ratchet.workflows, text, interval, timestamptz, text) is
   'Internal: claim one locked workflow row (deadline, recovery, new run and lease); '
   'returns it with its steps, or NULLs if it was cancelled or moved to dead instead.';
 
@@ -247,12 +273,17 @@ $$;
 comment on function ratchet._check_lease(text, interval) is
   'Internal: validate worker_id and lease arguments.';
 
--- claim: see the header of this file.
+-- claim: see the header of this file. names: the workflow names the worker
+-- can run (NULL: any). A workflow whose name no worker passes waits,
+-- unclaimed, costing no attempt, until a worker that knows it claims
+-- (rolling deploys). app_version: the worker's version, kept on the run.
 create function ratchet.claim(
-  queues    text[],
-  worker_id text,
-  max_count int default 1,
-  lease     interval default interval '30 seconds')
+  queues      text[],
+  worker_id   text,
+  max_count   int default 1,
+  lease       interval default interval '30 seconds',
+  names       text[] default null,
+  app_version text default null)
 returns setof ratchet.claimed
 language plpgsql
 security definer
@@ -265,6 +296,8 @@ declare
   p_worker_id alias for $2;
   p_max_count alias for $3;
   p_lease     alias for $4;
+  p_names     alias for $5;
+  p_app_version alias for $6;
   v_now     timestamptz := ratchet.now();
   v_need    int;
   v_allowed int;
@@ -330,12 +363,13 @@ begin
     for v_wf in
       select * from ratchet.workflows w
        where w.queue = v_queue.name and w.status = 'running' and w.lease_expires_at < v_now
+         and (p_names is null or w.name = any(p_names))
        order by w.lease_expires_at
        limit 100
        for update skip locked
     loop
       exit when v_taken >= v_allowed;
-      v_claimed := ratchet._claim_row(v_wf, p_worker_id, p_lease, v_now);
+      v_claimed := ratchet._claim_row(v_wf, p_worker_id, p_lease, v_now, p_app_version);
       if v_claimed.workflow_id is not null then
         return next v_claimed;
         v_taken := v_taken + 1;
@@ -353,12 +387,12 @@ begin
       for v_wf in
         select * from ratchet.workflows w
          where w.queue = v_queue.name and w.status = 'enqueued' and w.priority = v_prio
-           and w.start_at <= v_now
+           and w.start_at <= v_now and (p_names is null or w.name = any(p_names))
          order by w.start_at
          limit v_allowed - v_taken
          for update skip locked
       loop
-        v_claimed := ratchet._claim_row(v_wf, p_worker_id, p_lease, v_now);
+        v_claimed := ratchet._claim_row(v_wf, p_worker_id, p_lease, v_now, p_app_version);
         if v_claimed.workflow_id is not null then
           return next v_claimed;
           v_taken := v_taken + 1;
@@ -375,10 +409,11 @@ begin
 end;
 $$;
 
-comment on function ratchet.claim(text[], text, int, interval) is
+comment on function ratchet.claim(text[], text, int, interval, text[], text) is
   'Claim up to max_count workflows from the queues for worker_id: expired leases first '
-  '(recovery), then due enqueued ones by priority. Honours pause, concurrency, '
-  'per-worker concurrency and rate limits. Each row carries the recorded steps.';
+  '(recovery), then due enqueued ones by priority; only workflows named in names (NULL: '
+  'any). Honours pause, concurrency, per-worker concurrency and rate limits. Each row '
+  'carries the recorded steps; app_version is recorded on the run.';
 
 -- claim_workflow: claim one specific workflow if it is claimable now (enqueued
 -- and due, or running with an expired lease). Used to run a workflow in the
@@ -386,7 +421,8 @@ comment on function ratchet.claim(text[], text, int, interval) is
 create function ratchet.claim_workflow(
   workflow_id text,
   worker_id   text,
-  lease       interval default interval '30 seconds')
+  lease       interval default interval '30 seconds',
+  app_version text default null)
 returns setof ratchet.claimed
 language plpgsql
 security definer
@@ -397,6 +433,7 @@ declare
   p_workflow_id alias for $1;
   p_worker_id   alias for $2;
   p_lease       alias for $3;
+  p_app_version alias for $4;
   v_now     timestamptz := ratchet.now();
   v_wf      ratchet.workflows;
   v_claimed ratchet.claimed;
@@ -411,14 +448,14 @@ begin
   if not found then
     return;
   end if;
-  v_claimed := ratchet._claim_row(v_wf, p_worker_id, p_lease, v_now);
+  v_claimed := ratchet._claim_row(v_wf, p_worker_id, p_lease, v_now, p_app_version);
   if v_claimed.workflow_id is not null then
     return next v_claimed;
   end if;
 end;
 $$;
 
-comment on function ratchet.claim_workflow(text, text, interval) is
+comment on function ratchet.claim_workflow(text, text, interval, text) is
   'Claim one given workflow if it is claimable now (bypasses queue limits); no row if not.';
 
 -- heartbeat: renew the leases of a worker's runs in one statement. Runs past

@@ -216,6 +216,14 @@ create table ratchet.workflows (
   started_at       timestamptz,       -- first claim
   ended_at         timestamptz,
   updated_at       timestamptz not null,
+  -- Added in 0.2.0 (last, so that upgraded and fresh tables have one column
+  -- order). How errors are retried: ratchet.retry_delay's policy without
+  -- max_attempts (the max_attempts column is the one attempt budget); NULL:
+  -- an error fails the workflow.
+  retry_policy     jsonb,
+  -- the version of the application that started it (workers record theirs
+  -- on each run, ratchet.runs.app_version)
+  app_version      text,
   -- The state machine's invariants, River-style: whatever writes the table,
   -- a row that breaks one of them cannot exist.
   constraint workflows_status_check
@@ -271,6 +279,30 @@ create table ratchet.steps (
 
 comment on table ratchet.steps is
   'Step checkpoints. The primary key (workflow_id, step_id) detects duplicate work.';
+
+create table ratchet.runs (
+  workflow_id text not null,
+  run_id      bigint not null,
+  attempt     int not null,             -- the workflow's attempts when claimed
+  worker_id   text not null,
+  app_version text,                     -- the worker's application version
+  claimed_at  timestamptz not null,
+  ended_at    timestamptz,              -- NULL while the run is current
+  -- how the run stopped: the workflow ended (succeeded, failed, dead,
+  -- cancelled), was handed back (retried after an error, suspended for a
+  -- sleep or wait, released at once), or the lease expired and another claim
+  -- took over (lost)
+  outcome     text,
+  error       jsonb,                    -- the run's error (failed, retried, dead)
+  primary key (workflow_id, run_id),
+  constraint runs_outcome_check
+    check (outcome in ('succeeded', 'failed', 'dead', 'cancelled', 'retried', 'suspended',
+                       'released', 'lost')),
+  constraint runs_ended_at_check check ((ended_at is null) = (outcome is null))
+);
+
+comment on table ratchet.runs is
+  'One row per claim of a workflow: which worker ran it, when, and how the run ended.';
 
 create type ratchet.claimed as (
   workflow_id text,
@@ -353,6 +385,7 @@ create index schedules_due_idx on ratchet.schedules (next_fire_at);
 select pg_catalog.pg_extension_config_dump('ratchet.queues', 'where name <> ''default'''); -- @extension-only
 select pg_catalog.pg_extension_config_dump('ratchet.workflows', ''); -- @extension-only
 select pg_catalog.pg_extension_config_dump('ratchet.steps', ''); -- @extension-only
+select pg_catalog.pg_extension_config_dump('ratchet.runs', ''); -- @extension-only
 select pg_catalog.pg_extension_config_dump('ratchet.queue_claims', ''); -- @extension-only
 select pg_catalog.pg_extension_config_dump('ratchet.messages', ''); -- @extension-only
 select pg_catalog.pg_extension_config_dump('ratchet.events', ''); -- @extension-only
@@ -502,6 +535,9 @@ comment on function ratchet.resume_queue(text) is
 -- it unchanged (RT005 if it belongs to a workflow of another name). A
 -- dedup_key is unique among the live (enqueued, running) workflows of a
 -- queue: a second live one raises RT001; once the first ends the key is free.
+-- retry_policy (see ratchet.retry_delay) is stored with the workflow; its
+-- max_attempts is the workflow's max_attempts unless that is given.
+-- app_version: the starting application's version, kept on the workflow.
 create function ratchet.start_workflow(
   name         text,
   input        jsonb default '{}',
@@ -512,7 +548,9 @@ create function ratchet.start_workflow(
   start_at     timestamptz default null,
   timeout      interval default null,
   max_attempts int default null,
-  parent_id    text default null)
+  parent_id    text default null,
+  retry_policy jsonb default null,
+  app_version  text default null)
 returns text
 language plpgsql
 security definer
@@ -531,6 +569,8 @@ declare
   p_timeout      alias for $8;
   p_max_attempts alias for $9;
   p_parent_id    alias for $10;
+  p_retry_policy alias for $11;
+  p_app_version  alias for $12;
   v_now      timestamptz := ratchet.now();
   v_id       text := coalesce(p_workflow_id, pg_catalog.gen_random_uuid()::text);
   v_start_at timestamptz := coalesce(p_start_at, v_now);
@@ -567,6 +607,12 @@ begin
     perform ratchet._raise('RT005', pg_catalog.format('max_attempts must be >= 1, got %s', p_max_attempts),
       'NULL uses the default (10)');
   end if;
+  if p_retry_policy is not null then
+    perform ratchet._check_retry_policy(p_retry_policy);
+  end if;
+  if pg_catalog.length(p_app_version) > 200 then
+    perform ratchet._check_name(p_app_version, 'app_version');
+  end if;
   if p_parent_id is not null
      and not exists (select 1 from ratchet.workflows w where w.workflow_id = p_parent_id) then
     perform ratchet._raise('RT004', pg_catalog.format('unknown parent workflow "%s"', p_parent_id),
@@ -576,11 +622,13 @@ begin
   -- ON CONFLICT DO NOTHING arbitrates on both the primary key and the live
   -- dedup index without a subtransaction; which one fired is checked below.
   insert into ratchet.workflows as w
-    (workflow_id, name, queue, input, priority, dedup_key, max_attempts, start_at,
-     deadline, parent_id, created_at, updated_at)
+    (workflow_id, name, queue, input, priority, dedup_key, max_attempts, retry_policy,
+     app_version, start_at, deadline, parent_id, created_at, updated_at)
   values
-    (v_id, p_name, p_queue, p_input, p_priority, p_dedup_key, coalesce(p_max_attempts, 10),
-     v_start_at, v_now + p_timeout, p_parent_id, v_now, v_now)
+    (v_id, p_name, p_queue, p_input, p_priority, p_dedup_key,
+     coalesce(p_max_attempts, (p_retry_policy ->> 'max_attempts')::int, 10),
+     p_retry_policy - 'max_attempts', p_app_version, v_start_at, v_now + p_timeout,
+     p_parent_id, v_now, v_now)
   on conflict do nothing
   returning w.workflow_id into v_inserted;
 
@@ -607,9 +655,10 @@ begin
 end;
 $$;
 
-comment on function ratchet.start_workflow(text, jsonb, text, text, int, text, timestamptz, interval, int, text) is
-  'Start a workflow (or return the existing one with this workflow_id). Raises RT001 '
-  'for an active dedup_key, RT005 for bad arguments or an unknown queue.';
+comment on function ratchet.start_workflow(text, jsonb, text, text, int, text, timestamptz, interval, int, text, jsonb, text) is
+  'Start a workflow (or return the existing one with this workflow_id). retry_policy: how '
+  'fail() retries it (its max_attempts sets the budget unless max_attempts is given). Raises '
+  'RT001 for an active dedup_key, RT005 for bad arguments or an unknown queue.';
 
 -- start_workflows: bulk start in one statement (one round trip, one notify).
 create function ratchet.start_workflows(
@@ -734,6 +783,27 @@ $$;
 comment on function ratchet.get_steps(text) is
   'Recorded step checkpoints of a workflow in step order; RT004 if the workflow is unknown.';
 
+-- get_runs: every claim of a workflow, oldest first (RT004 if unknown).
+create function ratchet.get_runs(workflow_id text)
+returns setof ratchet.runs
+language plpgsql
+stable
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+#variable_conflict use_column
+declare
+  p_workflow_id alias for $1;
+begin
+  perform ratchet.get_workflow(p_workflow_id);
+  return query
+    select * from ratchet.runs r where r.workflow_id = p_workflow_id order by r.run_id;
+end;
+$$;
+
+comment on function ratchet.get_runs(text) is
+  'Runs (claims) of a workflow, oldest first: worker, times, outcome and error; RT004 if unknown.';
+
 -- wait_result: block (polling the table) until the workflow has ended or the
 -- timeout passes; returns its status with output and error. Clients that can
 -- LISTEN on "ratchet.ended" should do that instead and poll only as fallback.
@@ -820,8 +890,9 @@ comment on function ratchet._wake_waiter(text, text, text, timestamptz) is
   'Internal: make a workflow waiting for this message topic or child due now, and wake its queue.';
 
 -- The end of a workflow (p_wf: its row, locked by the caller): the one place
--- that moves it to an end state, clears its run, tells waiters on
--- "ratchet.ended" and wakes a parent that waits for it.
+-- that moves it to an end state, closes and clears its run (ratchet.runs gets
+-- the outcome), tells waiters on "ratchet.ended" and wakes a parent that
+-- waits for it.
 create function ratchet._end_run(
   p_wf ratchet.workflows, p_status text, p_output jsonb, p_error jsonb, p_now timestamptz)
 returns void
@@ -829,6 +900,12 @@ language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
 begin
+  if p_wf.run_id is not null then
+    update ratchet.runs r
+       set ended_at = p_now, outcome = p_status,
+           error = case when p_status in ('failed', 'dead') then p_error end
+     where r.workflow_id = p_wf.workflow_id and r.run_id = p_wf.run_id;
+  end if;
   update ratchet.workflows w
      set status = p_status, output = p_output, error = p_error, ended_at = p_now,
          run_id = null, worker_id = null, lease_expires_at = null,
@@ -848,7 +925,8 @@ comment on function ratchet._end_run(ratchet.workflows, text, jsonb, jsonb, time
 -- The workflow's run stops and the workflow goes back to its queue, due at
 -- p_start_at, optionally waiting for a message or child. p_retry: the run
 -- failed and is retried (stores p_error, costs an attempt); else it was a
--- suspension (costs nothing). Wakes the queue when it is due now.
+-- suspension (costs nothing). Closes the run in ratchet.runs (retried,
+-- suspended, or released when due at once). Wakes the queue when it is due now.
 create function ratchet._requeue(
   p_wf ratchet.workflows, p_start_at timestamptz, p_wait_for text, p_wait_key text,
   p_retry boolean, p_error jsonb, p_now timestamptz)
@@ -857,6 +935,13 @@ language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
 begin
+  update ratchet.runs r
+     set ended_at = p_now,
+         outcome = case when p_retry then 'retried'
+                        when p_start_at <= p_now and p_wait_for is null then 'released'
+                        else 'suspended' end,
+         error = case when p_retry then p_error end
+   where r.workflow_id = p_wf.workflow_id and r.run_id = p_wf.run_id;
   update ratchet.workflows w
      set status = 'enqueued', start_at = p_start_at,
          wait_for = p_wait_for, wait_key = p_wait_key,
@@ -946,9 +1031,12 @@ comment on function ratchet._expire_deadlines(text[], text, timestamptz) is
 -- Claim one row the caller has locked (an enqueued due workflow, or a running
 -- one whose lease expired): cancel it if its deadline passed, move it to dead
 -- if it is a recovery out of attempts, else give it a new run and lease.
--- Returns the claimed row, or a row of NULLs when nothing was claimed.
+-- A recovery closes the previous run as lost; the new run gets its row in
+-- ratchet.runs. Returns the claimed row, or a row of NULLs when nothing was
+-- claimed.
 create function ratchet._claim_row(
-  p_wf ratchet.workflows, p_worker_id text, p_lease interval, p_now timestamptz)
+  p_wf ratchet.workflows, p_worker_id text, p_lease interval, p_now timestamptz,
+  p_app_version text)
 returns ratchet.claimed
 language plpgsql
 set search_path = pg_catalog, pg_temp
@@ -962,6 +1050,12 @@ begin
       pg_catalog.jsonb_build_object('type', 'DeadlineExceeded',
                                     'message', 'the workflow''s timeout passed'));
     return v_claimed;
+  end if;
+  if v_recovery then
+    -- the previous run stopped renewing its lease
+    update ratchet.runs r set ended_at = p_now, outcome = 'lost'
+     where r.workflow_id = p_wf.workflow_id and r.run_id = p_wf.run_id;
+    p_wf.run_id := null;
   end if;
   if v_recovery and p_wf.attempts >= p_wf.max_attempts then
     perform ratchet._end_run(p_wf, 'dead', null, pg_catalog.jsonb_build_object(
@@ -985,6 +1079,8 @@ begin
   returning w.workflow_id, w.name, w.input, w.run_id, w.attempts
        into v_claimed.workflow_id, v_claimed.name, v_claimed.input, v_claimed.run_id,
             v_claimed.attempt;
+  insert into ratchet.runs (workflow_id, run_id, attempt, worker_id, app_version, claimed_at)
+  values (p_wf.workflow_id, v_claimed.run_id, v_claimed.attempt, p_worker_id, p_app_version, p_now);
 
   select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
            'step_id', s.step_id, 'name', s.name, 'output', s.output, 'error', s.error)
@@ -996,7 +1092,7 @@ begin
 end;
 $$;
 
-comment on function ratchet._claim_row(ratchet.workflows, text, interval, timestamptz) is
+comment on function ratchet._claim_row(ratchet.workflows, text, interval, timestamptz, text) is
   'Internal: claim one locked workflow row (deadline, recovery, new run and lease); '
   'returns it with its steps, or NULLs if it was cancelled or moved to dead instead.';
 
@@ -1018,12 +1114,17 @@ $$;
 comment on function ratchet._check_lease(text, interval) is
   'Internal: validate worker_id and lease arguments.';
 
--- claim: see the header of this file.
+-- claim: see the header of this file. names: the workflow names the worker
+-- can run (NULL: any). A workflow whose name no worker passes waits,
+-- unclaimed, costing no attempt, until a worker that knows it claims
+-- (rolling deploys). app_version: the worker's version, kept on the run.
 create function ratchet.claim(
-  queues    text[],
-  worker_id text,
-  max_count int default 1,
-  lease     interval default interval '30 seconds')
+  queues      text[],
+  worker_id   text,
+  max_count   int default 1,
+  lease       interval default interval '30 seconds',
+  names       text[] default null,
+  app_version text default null)
 returns setof ratchet.claimed
 language plpgsql
 security definer
@@ -1036,6 +1137,8 @@ declare
   p_worker_id alias for $2;
   p_max_count alias for $3;
   p_lease     alias for $4;
+  p_names     alias for $5;
+  p_app_version alias for $6;
   v_now     timestamptz := ratchet.now();
   v_need    int;
   v_allowed int;
@@ -1101,12 +1204,13 @@ begin
     for v_wf in
       select * from ratchet.workflows w
        where w.queue = v_queue.name and w.status = 'running' and w.lease_expires_at < v_now
+         and (p_names is null or w.name = any(p_names))
        order by w.lease_expires_at
        limit 100
        for update skip locked
     loop
       exit when v_taken >= v_allowed;
-      v_claimed := ratchet._claim_row(v_wf, p_worker_id, p_lease, v_now);
+      v_claimed := ratchet._claim_row(v_wf, p_worker_id, p_lease, v_now, p_app_version);
       if v_claimed.workflow_id is not null then
         return next v_claimed;
         v_taken := v_taken + 1;
@@ -1124,12 +1228,12 @@ begin
       for v_wf in
         select * from ratchet.workflows w
          where w.queue = v_queue.name and w.status = 'enqueued' and w.priority = v_prio
-           and w.start_at <= v_now
+           and w.start_at <= v_now and (p_names is null or w.name = any(p_names))
          order by w.start_at
          limit v_allowed - v_taken
          for update skip locked
       loop
-        v_claimed := ratchet._claim_row(v_wf, p_worker_id, p_lease, v_now);
+        v_claimed := ratchet._claim_row(v_wf, p_worker_id, p_lease, v_now, p_app_version);
         if v_claimed.workflow_id is not null then
           return next v_claimed;
           v_taken := v_taken + 1;
@@ -1146,10 +1250,11 @@ begin
 end;
 $$;
 
-comment on function ratchet.claim(text[], text, int, interval) is
+comment on function ratchet.claim(text[], text, int, interval, text[], text) is
   'Claim up to max_count workflows from the queues for worker_id: expired leases first '
-  '(recovery), then due enqueued ones by priority. Honours pause, concurrency, '
-  'per-worker concurrency and rate limits. Each row carries the recorded steps.';
+  '(recovery), then due enqueued ones by priority; only workflows named in names (NULL: '
+  'any). Honours pause, concurrency, per-worker concurrency and rate limits. Each row '
+  'carries the recorded steps; app_version is recorded on the run.';
 
 -- claim_workflow: claim one specific workflow if it is claimable now (enqueued
 -- and due, or running with an expired lease). Used to run a workflow in the
@@ -1157,7 +1262,8 @@ comment on function ratchet.claim(text[], text, int, interval) is
 create function ratchet.claim_workflow(
   workflow_id text,
   worker_id   text,
-  lease       interval default interval '30 seconds')
+  lease       interval default interval '30 seconds',
+  app_version text default null)
 returns setof ratchet.claimed
 language plpgsql
 security definer
@@ -1168,6 +1274,7 @@ declare
   p_workflow_id alias for $1;
   p_worker_id   alias for $2;
   p_lease       alias for $3;
+  p_app_version alias for $4;
   v_now     timestamptz := ratchet.now();
   v_wf      ratchet.workflows;
   v_claimed ratchet.claimed;
@@ -1182,14 +1289,14 @@ begin
   if not found then
     return;
   end if;
-  v_claimed := ratchet._claim_row(v_wf, p_worker_id, p_lease, v_now);
+  v_claimed := ratchet._claim_row(v_wf, p_worker_id, p_lease, v_now, p_app_version);
   if v_claimed.workflow_id is not null then
     return next v_claimed;
   end if;
 end;
 $$;
 
-comment on function ratchet.claim_workflow(text, text, interval) is
+comment on function ratchet.claim_workflow(text, text, interval, text) is
   'Claim one given workflow if it is claimable now (bypasses queue limits); no row if not.';
 
 -- heartbeat: renew the leases of a worker's runs in one statement. Runs past
@@ -1402,14 +1509,126 @@ $$;
 comment on function ratchet.finish(text, bigint, jsonb) is
   'End the run: the workflow succeeded with this output. Fenced like record_step.';
 
--- fail: the run failed. Without retry_in the workflow ends as failed; with it
--- the workflow is retried after retry_in if it has attempts left, else dead.
--- Returns the resulting status.
+-- Retry policies. A policy is JSON: {"max_attempts": n (runs in all; NULL or
+-- absent: no limit of its own), "initial_delay": seconds (1), "backoff_factor":
+-- f (2), "max_delay": seconds (300), "jitter": 0..1 (0: none; 0.2 takes up to
+-- 20% off each delay at random)}. A workflow stores its policy (retry_policy)
+-- and fail() applies it; a client retrying a step in-process asks
+-- retry_delay() with the step's policy. No client computes a delay.
+
+-- RT005 unless p_policy is NULL or a valid policy object.
+create function ratchet._check_retry_policy(p_policy jsonb)
+returns void
+language plpgsql
+immutable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_key text;
+begin
+  if p_policy is null then
+    return;
+  end if;
+  if pg_catalog.jsonb_typeof(p_policy) <> 'object' then
+    perform ratchet._raise('RT005', pg_catalog.format('retry policy must be a JSON object, got %s', p_policy),
+      'e.g. ''{"max_attempts": 5, "initial_delay": 1, "backoff_factor": 2, "max_delay": 60}''');
+  end if;
+  for v_key in select k from pg_catalog.jsonb_object_keys(p_policy) as k loop
+    if v_key not in ('max_attempts', 'initial_delay', 'backoff_factor', 'max_delay', 'jitter') then
+      perform ratchet._raise('RT005', pg_catalog.format('unknown retry policy key "%s"', v_key),
+        'the keys are max_attempts, initial_delay, backoff_factor, max_delay and jitter');
+    end if;
+    if pg_catalog.jsonb_typeof(p_policy -> v_key) not in ('number', 'null') then
+      perform ratchet._raise('RT005', pg_catalog.format('retry policy key "%s" must be a number, got %s',
+                                                        v_key, p_policy -> v_key),
+        'delays are in seconds, e.g. "initial_delay": 0.5');
+    end if;
+  end loop;
+  if (p_policy ->> 'max_attempts')::numeric < 1
+     or (p_policy ->> 'max_attempts')::numeric <> pg_catalog.trunc((p_policy ->> 'max_attempts')::numeric)
+     or (p_policy ->> 'max_attempts')::numeric > 2147483647 then
+    perform ratchet._raise('RT005', pg_catalog.format('max_attempts must be a whole number >= 1, got %s',
+                                                      p_policy -> 'max_attempts'),
+      'max_attempts counts every run: 1 means no retry');
+  end if;
+  if (p_policy ->> 'initial_delay')::numeric not between 0 and 3153600000
+     or (p_policy ->> 'max_delay')::numeric not between 0 and 3153600000 then
+    perform ratchet._raise('RT005', 'initial_delay and max_delay must be between 0 and 100 years (3153600000 s)',
+      'delays are in seconds, e.g. "max_delay": 300');
+  end if;
+  if (p_policy ->> 'backoff_factor')::numeric not between 1 and 1000 then
+    perform ratchet._raise('RT005', pg_catalog.format('backoff_factor must be between 1 and 1000, got %s',
+                                                      p_policy -> 'backoff_factor'),
+      '1 retries at a constant interval; 2 doubles it each time');
+  end if;
+  if (p_policy ->> 'jitter')::numeric not between 0 and 1 then
+    perform ratchet._raise('RT005', pg_catalog.format('jitter must be between 0 and 1, got %s',
+                                                      p_policy -> 'jitter'),
+      '0.2 takes up to 20% off each delay at random');
+  end if;
+end;
+$$;
+
+comment on function ratchet._check_retry_policy(jsonb) is
+  'Internal: RT005 unless the argument is NULL or a valid retry policy.';
+
+-- retry_delay: how long to wait before attempt p_attempt + 1 after attempt
+-- p_attempt (1 = the first) failed: initial_delay * backoff_factor^(attempt-1),
+-- capped by max_delay, less up to jitter of it at random. NULL when the
+-- policy's max_attempts is used up (no retry).
+create function ratchet.retry_delay(policy jsonb, attempt int)
+returns interval
+language plpgsql
+volatile
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+#variable_conflict use_column
+declare
+  p_policy  alias for $1;
+  p_attempt alias for $2;
+  v_delay double precision;
+begin
+  perform ratchet._check_retry_policy(p_policy);
+  if p_policy is null then
+    perform ratchet._raise('RT005', 'policy must not be NULL', 'pass ''{}'' for the defaults');
+  end if;
+  if p_attempt is null or p_attempt < 1 then
+    perform ratchet._raise('RT005', pg_catalog.format('attempt must be >= 1, got %s', p_attempt),
+      'attempt is the number of the attempt that failed: 1 for the first');
+  end if;
+  if p_attempt >= (p_policy ->> 'max_attempts')::int then
+    return null;
+  end if;
+  v_delay := least(
+    coalesce((p_policy ->> 'initial_delay')::double precision, 1)
+      * coalesce((p_policy ->> 'backoff_factor')::double precision, 2)
+        ^ least(p_attempt - 1, 100),
+    coalesce((p_policy ->> 'max_delay')::double precision, 300));
+  v_delay := v_delay * (1 - coalesce((p_policy ->> 'jitter')::double precision, 0) * pg_catalog.random());
+  return pg_catalog.make_interval(secs => v_delay);
+end;
+$$;
+
+comment on function ratchet.retry_delay(jsonb, int) is
+  'Delay before the next attempt after attempt number attempt failed, from a retry policy '
+  '(exponential backoff capped by max_delay, optional jitter); NULL when no attempt is left.';
+
+-- fail: the run failed. retryable (the default) and a stored retry policy:
+-- the workflow is re-enqueued after the policy's delay while it has attempts
+-- left (attempts < max_attempts), else it ends failed. retryable false, or no
+-- policy: it ends failed. An explicit retry_in overrides the policy's delay
+-- (e.g. a Retry-After the client was told); out of attempts it ends dead.
+-- retry_policy: the worker's policy for this workflow name, used only when
+-- the workflow stores none (started by name: a schedule, another client);
+-- its max_attempts then caps the attempts too. Returns the resulting status.
 create function ratchet.fail(
   workflow_id text,
   run_id      bigint,
   error       jsonb,
-  retry_in    interval default null)
+  retry_in     interval default null,
+  retryable    boolean default true,
+  retry_policy jsonb default null)
 returns text
 language plpgsql
 security definer
@@ -1421,31 +1640,43 @@ declare
   p_run_id      alias for $2;
   p_error       alias for $3;
   p_retry_in    alias for $4;
+  p_retryable   alias for $5;
+  p_policy      alias for $6;
   v_now    timestamptz := ratchet.now();
   v_wf     ratchet.workflows;
+  v_delay  interval := p_retry_in;
   v_status text;
 begin
   perform ratchet._check_payload(p_error, 'error');
   if p_retry_in < interval '0' or p_retry_in > interval '100 years' then
     perform ratchet._raise('RT005', pg_catalog.format('retry_in must be between 0 and 100 years, got %s', p_retry_in),
-      'pass NULL to fail for good, or a delay such as ''5 seconds''');
+      'pass NULL to use the workflow''s retry policy, or a delay such as ''5 seconds''');
+  end if;
+  if p_retryable is null then
+    perform ratchet._raise('RT005', 'retryable must not be NULL',
+      'retryable => false fails the workflow for good');
   end if;
   v_wf := ratchet._lock_run(p_workflow_id, p_run_id, true);
+  if v_delay is null and p_retryable and coalesce(v_wf.retry_policy, p_policy) is not null then
+    v_delay := ratchet.retry_delay(coalesce(v_wf.retry_policy, p_policy), v_wf.attempts);
+  end if;
 
-  if p_retry_in is not null and v_wf.attempts < v_wf.max_attempts then
-    perform ratchet._requeue(v_wf, v_now + p_retry_in, null, null, true, p_error, v_now);
+  if p_retryable and v_delay is not null and v_wf.attempts < v_wf.max_attempts then
+    perform ratchet._requeue(v_wf, v_now + v_delay, null, null, true, p_error, v_now);
     return 'enqueued';
   end if;
 
-  v_status := case when p_retry_in is null then 'failed' else 'dead' end;
+  v_status := case when p_retryable and p_retry_in is not null then 'dead' else 'failed' end;
   perform ratchet._end_run(v_wf, v_status, null, p_error, v_now);
   return v_status;
 end;
 $$;
 
-comment on function ratchet.fail(text, bigint, jsonb, interval) is
-  'End the run with an error. retry_in NULL: failed. Otherwise re-enqueued after retry_in '
-  'while attempts < max_attempts, else dead. Returns the new status.';
+comment on function ratchet.fail(text, bigint, jsonb, interval, boolean, jsonb) is
+  'End the run with an error. retryable and a stored retry policy (or an explicit retry_in): '
+  're-enqueued after the delay while attempts < max_attempts, else failed (dead with '
+  'retry_in). retryable false or no policy: failed. retry_policy: the caller''s policy when '
+  'the workflow stores none. Returns the new status.';
 
 -- suspend: give the workflow back to its queue until a time, and optionally
 -- until a message (wait_for 'message', wait_key = topic) or the end of a child
@@ -2555,11 +2786,11 @@ begin
   perform ratchet._check_queue(v_src.queue);
 
   insert into ratchet.workflows
-    (workflow_id, name, queue, input, priority, max_attempts, start_at, parent_id,
-     forked_from, created_at, updated_at)
+    (workflow_id, name, queue, input, priority, max_attempts, retry_policy, start_at,
+     parent_id, forked_from, created_at, updated_at)
   values
-    (v_id, v_src.name, v_src.queue, v_src.input, v_src.priority, v_src.max_attempts, v_now,
-     v_src.parent_id, v_src.workflow_id, v_now, v_now);
+    (v_id, v_src.name, v_src.queue, v_src.input, v_src.priority, v_src.max_attempts,
+     v_src.retry_policy, v_now, v_src.parent_id, v_src.workflow_id, v_now, v_now);
   insert into ratchet.steps (workflow_id, step_id, name, output, error, run_id, recorded_at)
   select v_id, s.step_id, s.name, s.output, s.error, s.run_id, s.recorded_at
     from ratchet.steps s
@@ -2573,7 +2804,7 @@ comment on function ratchet.fork(text, int, text) is
   'Start a copy of a workflow that keeps the checkpoints of steps before from_step.';
 
 -- purge: delete ended workflows older than older_than, with their steps,
--- events and messages, at most max_rows workflows per call (call it again
+-- runs, events and messages, at most max_rows workflows per call (call it again
 -- while it returns max_rows). Returns how many workflows were deleted.
 create function ratchet.purge(older_than interval, max_rows int default 10000)
 returns bigint
@@ -2605,6 +2836,7 @@ begin
     return 0;
   end if;
   delete from ratchet.steps s where s.workflow_id = any(v_ids);
+  delete from ratchet.runs r where r.workflow_id = any(v_ids);
   delete from ratchet.events e where e.workflow_id = any(v_ids);
   delete from ratchet.messages m where m.destination_id = any(v_ids);
   delete from ratchet.workflows w where w.workflow_id = any(v_ids);
@@ -2669,22 +2901,23 @@ grant select on all tables in schema ratchet to ratchet_worker, ratchet_client;
 
 grant execute on function
   ratchet.version(), ratchet.now(),
-  ratchet.start_workflow(text, jsonb, text, text, int, text, timestamptz, interval, int, text),
+  ratchet.start_workflow(text, jsonb, text, text, int, text, timestamptz, interval, int, text, jsonb, text),
   ratchet.start_workflows(text, jsonb[], text, text[]),
-  ratchet.get_workflow(text), ratchet.get_steps(text), ratchet.wait_result(text, interval),
+  ratchet.get_workflow(text), ratchet.get_steps(text), ratchet.get_runs(text),
+  ratchet.wait_result(text, interval),
   ratchet.send(text, jsonb, text, text), ratchet.get_event(text, text),
   ratchet.cron_next(text, timestamptz, text), ratchet.cron_prev(text, timestamptz, text),
-  ratchet.cron_parse(text)
+  ratchet.cron_parse(text), ratchet.retry_delay(jsonb, int)
   to ratchet_worker, ratchet_client;
 
 -- the worker protocol
 grant execute on function
-  ratchet.claim(text[], text, int, interval),
-  ratchet.claim_workflow(text, text, interval),
+  ratchet.claim(text[], text, int, interval, text[], text),
+  ratchet.claim_workflow(text, text, interval, text),
   ratchet.heartbeat(text, interval, text[]),
   ratchet.record_step(text, bigint, int, text, jsonb, jsonb),
   ratchet.finish(text, bigint, jsonb),
-  ratchet.fail(text, bigint, jsonb, interval),
+  ratchet.fail(text, bigint, jsonb, interval, boolean, jsonb),
   ratchet.suspend(text, bigint, timestamptz, text, text),
   ratchet.durable_sleep(text, bigint, int, double precision),
   ratchet.recv(text, bigint, int, text),
