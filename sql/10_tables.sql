@@ -31,9 +31,7 @@ comment on sequence ratchet.run_id_seq is
 create table ratchet.workflows (
   workflow_id      text primary key,
   -- status first among the mutable columns: every hot-path index filters on it
-  status           text not null default 'enqueued'
-                   check (status in ('enqueued', 'running', 'succeeded', 'failed',
-                                     'cancelled', 'dead')),
+  status           text not null default 'enqueued',
   name             text not null,
   queue            text not null,
   input            jsonb not null default '{}',
@@ -62,7 +60,26 @@ create table ratchet.workflows (
   started_at       timestamptz,       -- first claim
   ended_at         timestamptz,
   updated_at       timestamptz not null,
-  check (status <> 'running' or (run_id is not null and lease_expires_at is not null))
+  -- Added in 0.2.0 (last, so that upgraded and fresh tables have one column
+  -- order). How errors are retried: ratchet.retry_delay's policy without
+  -- max_attempts (the max_attempts column is the one attempt budget); NULL:
+  -- an error fails the workflow.
+  retry_policy     jsonb,
+  -- the version of the application that started it (workers record theirs
+  -- on each run, ratchet.runs.app_version)
+  app_version      text,
+  -- The state machine's invariants, River-style: whatever writes the table,
+  -- a row that breaks one of them cannot exist.
+  constraint workflows_status_check
+    check (status in ('enqueued', 'running', 'succeeded', 'failed', 'cancelled', 'dead')),
+  -- ended_at is set exactly for the end states
+  constraint workflows_ended_at_check
+    check ((ended_at is not null) = (status in ('succeeded', 'failed', 'cancelled', 'dead'))),
+  -- a running workflow has a run, a worker and a lease; any other has none
+  constraint workflows_run_check
+    check (case when status = 'running'
+                then run_id is not null and worker_id is not null and lease_expires_at is not null
+                else run_id is null and worker_id is null and lease_expires_at is null end)
 );
 
 comment on table ratchet.workflows is
@@ -106,6 +123,30 @@ create table ratchet.steps (
 
 comment on table ratchet.steps is
   'Step checkpoints. The primary key (workflow_id, step_id) detects duplicate work.';
+
+create table ratchet.runs (
+  workflow_id text not null,
+  run_id      bigint not null,
+  attempt     int not null,             -- the workflow's attempts when claimed
+  worker_id   text not null,
+  app_version text,                     -- the worker's application version
+  claimed_at  timestamptz not null,
+  ended_at    timestamptz,              -- NULL while the run is current
+  -- how the run stopped: the workflow ended (succeeded, failed, dead,
+  -- cancelled), was handed back (retried after an error, suspended for a
+  -- sleep or wait, released at once), or the lease expired and another claim
+  -- took over (lost)
+  outcome     text,
+  error       jsonb,                    -- the run's error (failed, retried, dead)
+  primary key (workflow_id, run_id),
+  constraint runs_outcome_check
+    check (outcome in ('succeeded', 'failed', 'dead', 'cancelled', 'retried', 'suspended',
+                       'released', 'lost')),
+  constraint runs_ended_at_check check ((ended_at is null) = (outcome is null))
+);
+
+comment on table ratchet.runs is
+  'One row per claim of a workflow: which worker ran it, when, and how the run ended.';
 
 create type ratchet.claimed as (
   workflow_id text,
@@ -221,6 +262,7 @@ select distinct pg_catalog.lower(z.name) from pg_catalog.pg_timezone_names z;
 select pg_catalog.pg_extension_config_dump('ratchet.queues', 'where name <> ''default'''); -- @extension-only
 select pg_catalog.pg_extension_config_dump('ratchet.workflows', ''); -- @extension-only
 select pg_catalog.pg_extension_config_dump('ratchet.steps', ''); -- @extension-only
+select pg_catalog.pg_extension_config_dump('ratchet.runs', ''); -- @extension-only
 select pg_catalog.pg_extension_config_dump('ratchet.queue_claims', ''); -- @extension-only
 select pg_catalog.pg_extension_config_dump('ratchet.messages', ''); -- @extension-only
 select pg_catalog.pg_extension_config_dump('ratchet.events', ''); -- @extension-only

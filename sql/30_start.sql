@@ -6,6 +6,9 @@
 -- it unchanged (RT005 if it belongs to a workflow of another name). A
 -- dedup_key is unique among the live (enqueued, running) workflows of a
 -- queue: a second live one raises RT001; once the first ends the key is free.
+-- retry_policy (see ratchet.retry_delay) is stored with the workflow; its
+-- max_attempts is the workflow's max_attempts unless that is given.
+-- app_version: the starting application's version, kept on the workflow.
 create function ratchet.start_workflow(
   name         text,
   input        jsonb default '{}',
@@ -16,7 +19,9 @@ create function ratchet.start_workflow(
   start_at     timestamptz default null,
   timeout      interval default null,
   max_attempts int default null,
-  parent_id    text default null)
+  parent_id    text default null,
+  retry_policy jsonb default null,
+  app_version  text default null)
 returns text
 language plpgsql
 security definer
@@ -35,6 +40,8 @@ declare
   p_timeout      alias for $8;
   p_max_attempts alias for $9;
   p_parent_id    alias for $10;
+  p_retry_policy alias for $11;
+  p_app_version  alias for $12;
   v_now      timestamptz := ratchet.now();
   v_id       text := coalesce(p_workflow_id, pg_catalog.gen_random_uuid()::text);
   -- a start_at in the past means now: it cannot jump ahead of workflows
@@ -80,6 +87,12 @@ begin
     perform ratchet._raise('RT005', pg_catalog.format('max_attempts must be >= 1, got %s', p_max_attempts),
       'NULL uses the default (10)');
   end if;
+  if p_retry_policy is not null then
+    perform ratchet._check_retry_policy(p_retry_policy);
+  end if;
+  if pg_catalog.length(p_app_version) > 200 then
+    perform ratchet._check_name(p_app_version, 'app_version');
+  end if;
   if p_parent_id is not null
      and not exists (select 1 from ratchet.workflows w where w.workflow_id = p_parent_id) then
     perform ratchet._raise('RT004', pg_catalog.format('unknown parent workflow "%s"', p_parent_id),
@@ -89,11 +102,13 @@ begin
   -- ON CONFLICT DO NOTHING arbitrates on both the primary key and the live
   -- dedup index without a subtransaction; which one fired is checked below.
   insert into ratchet.workflows as w
-    (workflow_id, name, queue, input, priority, dedup_key, max_attempts, start_at,
-     deadline, parent_id, created_at, updated_at)
+    (workflow_id, name, queue, input, priority, dedup_key, max_attempts, retry_policy,
+     app_version, start_at, deadline, parent_id, created_at, updated_at)
   values
-    (v_id, p_name, p_queue, p_input, p_priority, p_dedup_key, coalesce(p_max_attempts, 10),
-     v_start_at, v_now + p_timeout, p_parent_id, v_now, v_now)
+    (v_id, p_name, p_queue, p_input, p_priority, p_dedup_key,
+     coalesce(p_max_attempts, (p_retry_policy ->> 'max_attempts')::int, 10),
+     p_retry_policy - 'max_attempts', p_app_version, v_start_at, v_now + p_timeout,
+     p_parent_id, v_now, v_now)
   on conflict do nothing
   returning w.workflow_id into v_inserted;
 
@@ -120,9 +135,10 @@ begin
 end;
 $$;
 
-comment on function ratchet.start_workflow(text, jsonb, text, text, int, text, timestamptz, interval, int, text) is
-  'Start a workflow (or return the existing one with this workflow_id). Raises RT001 '
-  'for an active dedup_key, RT005 for bad arguments or an unknown queue.';
+comment on function ratchet.start_workflow(text, jsonb, text, text, int, text, timestamptz, interval, int, text, jsonb, text) is
+  'Start a workflow (or return the existing one with this workflow_id). retry_policy: how '
+  'fail() retries it (its max_attempts sets the budget unless max_attempts is given). Raises '
+  'RT001 for an active dedup_key, RT005 for bad arguments or an unknown queue.';
 
 -- start_workflows: bulk start in one statement (one round trip, one notify).
 create function ratchet.start_workflows(
@@ -257,6 +273,27 @@ $$;
 
 comment on function ratchet.get_steps(text) is
   'Recorded step checkpoints of a workflow in step order; RT004 if the workflow is unknown.';
+
+-- get_runs: every claim of a workflow, oldest first (RT004 if unknown).
+create function ratchet.get_runs(workflow_id text)
+returns setof ratchet.runs
+language plpgsql
+stable
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+#variable_conflict use_column
+declare
+  p_workflow_id alias for $1;
+begin
+  perform ratchet.get_workflow(p_workflow_id);
+  return query
+    select * from ratchet.runs r where r.workflow_id = p_workflow_id order by r.run_id;
+end;
+$$;
+
+comment on function ratchet.get_runs(text) is
+  'Runs (claims) of a workflow, oldest first: worker, times, outcome and error; RT004 if unknown.';
 
 -- wait_result: block (polling the table) until the workflow has ended or the
 -- timeout passes; returns its status with output and error. Clients that can

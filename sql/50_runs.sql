@@ -165,25 +165,133 @@ begin
     perform ratchet._check_payload(p_output, 'output');
   end if;
   v_wf := ratchet._lock_run(p_workflow_id, p_run_id, true);
-  update ratchet.workflows w
-     set status = 'succeeded', output = p_output, error = null, ended_at = v_now,
-         run_id = null, worker_id = null, lease_expires_at = null, updated_at = v_now
-   where w.workflow_id = p_workflow_id;
-  perform ratchet._on_end(p_workflow_id, v_wf.parent_id, v_now);
+  perform ratchet._end_run(v_wf, 'succeeded', p_output, null, v_now);
 end;
 $$;
 
 comment on function ratchet.finish(text, bigint, jsonb) is
   'End the run: the workflow succeeded with this output. Fenced like record_step.';
 
--- fail: the run failed. Without retry_in the workflow ends as failed; with it
--- the workflow is retried after retry_in if it has attempts left, else dead.
--- Returns the resulting status.
+-- Retry policies. A policy is JSON: {"max_attempts": n (runs in all; NULL or
+-- absent: no limit of its own), "initial_delay": seconds (1), "backoff_factor":
+-- f (2), "max_delay": seconds (300), "jitter": 0..1 (0: none; 0.2 takes up to
+-- 20% off each delay at random)}. A workflow stores its policy (retry_policy)
+-- and fail() applies it; a client retrying a step in-process asks
+-- retry_delay() with the step's policy. No client computes a delay.
+
+-- RT005 unless p_policy is NULL or a valid policy object.
+create function ratchet._check_retry_policy(p_policy jsonb)
+returns void
+language plpgsql
+immutable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_key text;
+begin
+  if p_policy is null then
+    return;
+  end if;
+  if pg_catalog.jsonb_typeof(p_policy) <> 'object' then
+    perform ratchet._raise('RT005', pg_catalog.format('retry policy must be a JSON object, got %s', p_policy),
+      'e.g. ''{"max_attempts": 5, "initial_delay": 1, "backoff_factor": 2, "max_delay": 60}''');
+  end if;
+  for v_key in select k from pg_catalog.jsonb_object_keys(p_policy) as k loop
+    if v_key not in ('max_attempts', 'initial_delay', 'backoff_factor', 'max_delay', 'jitter') then
+      perform ratchet._raise('RT005', pg_catalog.format('unknown retry policy key "%s"', v_key),
+        'the keys are max_attempts, initial_delay, backoff_factor, max_delay and jitter');
+    end if;
+    if pg_catalog.jsonb_typeof(p_policy -> v_key) not in ('number', 'null') then
+      perform ratchet._raise('RT005', pg_catalog.format('retry policy key "%s" must be a number, got %s',
+                                                        v_key, p_policy -> v_key),
+        'delays are in seconds, e.g. "initial_delay": 0.5');
+    end if;
+  end loop;
+  if (p_policy ->> 'max_attempts')::numeric < 1
+     or (p_policy ->> 'max_attempts')::numeric <> pg_catalog.trunc((p_policy ->> 'max_attempts')::numeric)
+     or (p_policy ->> 'max_attempts')::numeric > 2147483647 then
+    perform ratchet._raise('RT005', pg_catalog.format('max_attempts must be a whole number >= 1, got %s',
+                                                      p_policy -> 'max_attempts'),
+      'max_attempts counts every run: 1 means no retry');
+  end if;
+  if (p_policy ->> 'initial_delay')::numeric not between 0 and 3153600000
+     or (p_policy ->> 'max_delay')::numeric not between 0 and 3153600000 then
+    perform ratchet._raise('RT005', 'initial_delay and max_delay must be between 0 and 100 years (3153600000 s)',
+      'delays are in seconds, e.g. "max_delay": 300');
+  end if;
+  if (p_policy ->> 'backoff_factor')::numeric not between 1 and 1000 then
+    perform ratchet._raise('RT005', pg_catalog.format('backoff_factor must be between 1 and 1000, got %s',
+                                                      p_policy -> 'backoff_factor'),
+      '1 retries at a constant interval; 2 doubles it each time');
+  end if;
+  if (p_policy ->> 'jitter')::numeric not between 0 and 1 then
+    perform ratchet._raise('RT005', pg_catalog.format('jitter must be between 0 and 1, got %s',
+                                                      p_policy -> 'jitter'),
+      '0.2 takes up to 20% off each delay at random');
+  end if;
+end;
+$$;
+
+comment on function ratchet._check_retry_policy(jsonb) is
+  'Internal: RT005 unless the argument is NULL or a valid retry policy.';
+
+-- retry_delay: how long to wait before attempt p_attempt + 1 after attempt
+-- p_attempt (1 = the first) failed: initial_delay * backoff_factor^(attempt-1),
+-- capped by max_delay, less up to jitter of it at random. NULL when the
+-- policy's max_attempts is used up (no retry).
+create function ratchet.retry_delay(policy jsonb, attempt int)
+returns interval
+language plpgsql
+volatile
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+#variable_conflict use_column
+declare
+  p_policy  alias for $1;
+  p_attempt alias for $2;
+  v_delay double precision;
+begin
+  perform ratchet._check_retry_policy(p_policy);
+  if p_policy is null then
+    perform ratchet._raise('RT005', 'policy must not be NULL', 'pass ''{}'' for the defaults');
+  end if;
+  if p_attempt is null or p_attempt < 1 then
+    perform ratchet._raise('RT005', pg_catalog.format('attempt must be >= 1, got %s', p_attempt),
+      'attempt is the number of the attempt that failed: 1 for the first');
+  end if;
+  if p_attempt >= (p_policy ->> 'max_attempts')::int then
+    return null;
+  end if;
+  v_delay := least(
+    coalesce((p_policy ->> 'initial_delay')::double precision, 1)
+      * coalesce((p_policy ->> 'backoff_factor')::double precision, 2)
+        ^ least(p_attempt - 1, 100),
+    coalesce((p_policy ->> 'max_delay')::double precision, 300));
+  v_delay := v_delay * (1 - coalesce((p_policy ->> 'jitter')::double precision, 0) * pg_catalog.random());
+  return pg_catalog.make_interval(secs => v_delay);
+end;
+$$;
+
+comment on function ratchet.retry_delay(jsonb, int) is
+  'Delay before the next attempt after attempt number attempt failed, from a retry policy '
+  '(exponential backoff capped by max_delay, optional jitter); NULL when no attempt is left.';
+
+-- fail: the run failed. retryable (the default) and a stored retry policy:
+-- the workflow is re-enqueued after the policy's delay while it has attempts
+-- left (attempts < max_attempts), else it ends failed. retryable false, or no
+-- policy: it ends failed. An explicit retry_in overrides the policy's delay
+-- (e.g. a Retry-After the client was told); out of attempts it ends dead.
+-- retry_policy: the worker's policy for this workflow name, used only when
+-- the workflow stores none (started by name: a schedule, another client);
+-- its max_attempts then caps the attempts too. Returns the resulting status.
 create function ratchet.fail(
   workflow_id text,
   run_id      bigint,
   error       jsonb,
-  retry_in    interval default null)
+  retry_in     interval default null,
+  retryable    boolean default true,
+  retry_policy jsonb default null)
 returns text
 language plpgsql
 security definer
@@ -195,42 +303,43 @@ declare
   p_run_id      alias for $2;
   p_error       alias for $3;
   p_retry_in    alias for $4;
+  p_retryable   alias for $5;
+  p_policy      alias for $6;
   v_now    timestamptz := ratchet.now();
   v_wf     ratchet.workflows;
+  v_delay  interval := p_retry_in;
   v_status text;
 begin
   perform ratchet._check_payload(p_error, 'error');
   if p_retry_in < interval '0' or p_retry_in > interval '100 years' then
     perform ratchet._raise('RT005', pg_catalog.format('retry_in must be between 0 and 100 years, got %s', p_retry_in),
-      'pass NULL to fail for good, or a delay such as ''5 seconds''');
+      'pass NULL to use the workflow''s retry policy, or a delay such as ''5 seconds''');
+  end if;
+  if p_retryable is null then
+    perform ratchet._raise('RT005', 'retryable must not be NULL',
+      'retryable => false fails the workflow for good');
   end if;
   v_wf := ratchet._lock_run(p_workflow_id, p_run_id, true);
+  if v_delay is null and p_retryable and coalesce(v_wf.retry_policy, p_policy) is not null then
+    v_delay := ratchet.retry_delay(coalesce(v_wf.retry_policy, p_policy), v_wf.attempts);
+  end if;
 
-  if p_retry_in is not null and v_wf.attempts < v_wf.max_attempts then
-    update ratchet.workflows w
-       set status = 'enqueued', error = p_error, attempts = w.attempts + 1,
-           start_at = v_now + p_retry_in,
-           run_id = null, worker_id = null, lease_expires_at = null, updated_at = v_now
-     where w.workflow_id = p_workflow_id;
-    if p_retry_in = interval '0' then
-      perform ratchet._wake_queue(v_wf.queue);
-    end if;
+  if p_retryable and v_delay is not null and v_wf.attempts < v_wf.max_attempts then
+    perform ratchet._requeue(v_wf, v_now + v_delay, null, null, true, p_error, v_now);
     return 'enqueued';
   end if;
 
-  v_status := case when p_retry_in is null then 'failed' else 'dead' end;
-  update ratchet.workflows w
-     set status = v_status, error = p_error, ended_at = v_now,
-         run_id = null, worker_id = null, lease_expires_at = null, updated_at = v_now
-   where w.workflow_id = p_workflow_id;
-  perform ratchet._on_end(p_workflow_id, v_wf.parent_id, v_now);
+  v_status := case when p_retryable and p_retry_in is not null then 'dead' else 'failed' end;
+  perform ratchet._end_run(v_wf, v_status, null, p_error, v_now);
   return v_status;
 end;
 $$;
 
-comment on function ratchet.fail(text, bigint, jsonb, interval) is
-  'End the run with an error. retry_in NULL: failed. Otherwise re-enqueued after retry_in '
-  'while attempts < max_attempts, else dead. Returns the new status.';
+comment on function ratchet.fail(text, bigint, jsonb, interval, boolean, jsonb) is
+  'End the run with an error. retryable and a stored retry policy (or an explicit retry_in): '
+  're-enqueued after the delay while attempts < max_attempts, else failed (dead with '
+  'retry_in). retryable false or no policy: failed. retry_policy: the caller''s policy when '
+  'the workflow stores none. Returns the new status.';
 
 -- suspend: give the workflow back to its queue until a time, and optionally
 -- until a message (wait_for 'message', wait_key = topic) or the end of a child
@@ -284,6 +393,11 @@ begin
   end if;
   v_wf := ratchet._lock_run(p_workflow_id, p_run_id, true);
 
+  if p_until <= v_now or p_wait_for is null then
+    perform ratchet._requeue(v_wf, v_start_at, null, null, false, null, v_now);
+    return;
+  end if;
+  perform ratchet._requeue(v_wf, v_start_at, p_wait_for, v_key, false, null, v_now);
   -- The awaited thing may already be there: then wake at once (no lost wake-up).
   if (p_wait_for = 'message' and exists (
         select 1 from ratchet.messages m
@@ -291,17 +405,7 @@ begin
      or (p_wait_for = 'child' and exists (
         select 1 from ratchet.workflows c
          where c.workflow_id = v_key and c.status in ('succeeded', 'failed', 'cancelled', 'dead'))) then
-    v_start_at := v_now;
-  end if;
-
-  update ratchet.workflows w
-     set status = 'enqueued', start_at = v_start_at,
-         wait_for = case when v_start_at > v_now then p_wait_for end,
-         wait_key = case when v_start_at > v_now and p_wait_for is not null then v_key end,
-         run_id = null, worker_id = null, lease_expires_at = null, updated_at = v_now
-   where w.workflow_id = p_workflow_id;
-  if v_start_at <= v_now then
-    perform ratchet._wake_queue(v_wf.queue);
+    perform ratchet._wake_waiter(p_workflow_id, p_wait_for, v_key, v_now);
   end if;
 end;
 $$;

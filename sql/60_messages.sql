@@ -26,7 +26,6 @@ declare
   v_now   timestamptz := ratchet.now();
   v_topic text := coalesce(p_topic, '');
   v_id    bigint;
-  v_queue text;
 begin
   perform ratchet._check_name(p_destination_id, 'destination_id');
   if p_message is null then
@@ -56,14 +55,7 @@ begin
   end if;
 
   -- Wake the destination if it suspended waiting for this topic.
-  update ratchet.workflows w
-     set start_at = v_now, wait_for = null, wait_key = null, updated_at = v_now
-   where w.workflow_id = p_destination_id and w.status = 'enqueued'
-     and w.wait_for = 'message' and w.wait_key = v_topic
-  returning w.queue into v_queue;
-  if v_queue is not null then
-    perform ratchet._wake_queue(v_queue);
-  end if;
+  perform ratchet._wake_waiter(p_destination_id, 'message', v_topic, v_now);
   perform ratchet._notify('ratchet.message', p_destination_id);
   return v_id;
 end;

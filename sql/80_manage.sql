@@ -96,11 +96,11 @@ begin
   perform ratchet._check_queue(v_src.queue);
 
   insert into ratchet.workflows
-    (workflow_id, name, queue, input, priority, max_attempts, start_at, parent_id,
-     forked_from, created_at, updated_at)
+    (workflow_id, name, queue, input, priority, max_attempts, retry_policy, start_at,
+     parent_id, forked_from, created_at, updated_at)
   values
-    (v_id, v_src.name, v_src.queue, v_src.input, v_src.priority, v_src.max_attempts, v_now,
-     v_src.parent_id, v_src.workflow_id, v_now, v_now);
+    (v_id, v_src.name, v_src.queue, v_src.input, v_src.priority, v_src.max_attempts,
+     v_src.retry_policy, v_now, v_src.parent_id, v_src.workflow_id, v_now, v_now);
   insert into ratchet.steps (workflow_id, step_id, name, output, error, run_id, recorded_at)
   select v_id, s.step_id, s.name, s.output, s.error, s.run_id, s.recorded_at
     from ratchet.steps s
@@ -114,7 +114,7 @@ comment on function ratchet.fork(text, int, text) is
   'Start a copy of a workflow that keeps the checkpoints of steps before from_step.';
 
 -- purge: delete ended workflows older than older_than, with their steps,
--- events and messages, at most max_rows workflows per call (call it again
+-- runs, events and messages, at most max_rows workflows per call (call it again
 -- while it returns max_rows). Returns how many workflows were deleted.
 create function ratchet.purge(older_than interval, max_rows int default 10000)
 returns bigint
@@ -146,6 +146,7 @@ begin
     return 0;
   end if;
   delete from ratchet.steps s where s.workflow_id = any(v_ids);
+  delete from ratchet.runs r where r.workflow_id = any(v_ids);
   delete from ratchet.events e where e.workflow_id = any(v_ids);
   delete from ratchet.messages m where m.destination_id = any(v_ids);
   delete from ratchet.workflows w where w.workflow_id = any(v_ids);

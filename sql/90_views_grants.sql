@@ -63,13 +63,13 @@ grant select on all tables in schema ratchet to ratchet_worker, ratchet_client;
 
 grant execute on function
   ratchet.version(), ratchet.now(),
-  ratchet.start_workflow(text, jsonb, text, text, int, text, timestamptz, interval, int, text),
+  ratchet.start_workflow(text, jsonb, text, text, int, text, timestamptz, interval, int, text, jsonb, text),
   ratchet.start_workflows(text, jsonb[], text, text[]),
-  ratchet.get_workflow(text), ratchet.get_steps(text), ratchet.wait_result(text, interval),
-  ratchet.explain(text),
+  ratchet.get_workflow(text), ratchet.get_steps(text), ratchet.get_runs(text),
+  ratchet.wait_result(text, interval), ratchet.explain(text),
   ratchet.send(text, jsonb, text, text), ratchet.get_event(text, text),
   ratchet.cron_next(text, timestamptz, text), ratchet.cron_prev(text, timestamptz, text),
-  ratchet.cron_parse(text)
+  ratchet.cron_parse(text), ratchet.retry_delay(jsonb, int)
   to ratchet_worker, ratchet_client;
 end if;
 
@@ -89,12 +89,12 @@ end if;
 -- the worker protocol
 if v_worker then
 grant execute on function
-  ratchet.claim(text[], text, int, interval),
-  ratchet.claim_workflow(text, text, interval),
+  ratchet.claim(text[], text, int, interval, text[], text),
+  ratchet.claim_workflow(text, text, interval, text),
   ratchet.heartbeat(text, interval, text[]),
   ratchet.record_step(text, bigint, int, text, jsonb, jsonb),
   ratchet.finish(text, bigint, jsonb),
-  ratchet.fail(text, bigint, jsonb, interval),
+  ratchet.fail(text, bigint, jsonb, interval, boolean, jsonb),
   ratchet.suspend(text, bigint, timestamptz, text, text),
   ratchet.durable_sleep(text, bigint, int, double precision),
   ratchet.recv(text, bigint, int, text),

@@ -6,7 +6,8 @@
  * retries' timing, fencing) lives in the `ratchet` schema's PL/pgSQL
  * functions. This file only:
  *
- *  - claims batches with `ratchet.claim(queues, worker_id, max_count, lease)`,
+ *  - claims batches with `ratchet.claim(queues, worker_id, max_count, lease, names)`
+ *    (only the workflow names it registered),
  *    waking on `LISTEN "ratchet.queue.<queue>"` and polling as a fallback;
  *  - renews leases with `ratchet.heartbeat(worker_id, lease, workflow_ids)` every lease/3;
  *  - runs the workflow's JavaScript, numbering steps 0, 1, 2... in call order,
@@ -62,7 +63,8 @@ const SQL = Object.freeze({
   // be parsed fails alone instead of rejecting the whole claimed batch
   claim: `select workflow_id, name, input::text as input, run_id, attempt, steps::text as steps
             from ratchet.claim(queues => $1::text[], worker_id => $2::text,
-                               max_count => $3::int, lease => $4::float8 * interval '1 second')`,
+                               max_count => $3::int, lease => $4::float8 * interval '1 second',
+                               names => $5::text[])`,
   heartbeat: `select ratchet.heartbeat(worker_id => $1::text,
                                        lease => $2::float8 * interval '1 second',
                                        workflow_ids => $3::text[]) as renewed`,
@@ -70,8 +72,12 @@ const SQL = Object.freeze({
                                           step_id => $3::int, name => $4::text,
                                           output => $5::jsonb, error => $6::jsonb)`,
   finish: `select ratchet.finish(workflow_id => $1::text, run_id => $2::bigint, output => $3::jsonb)`,
+  // The database decides whether and when a failed run is retried: from the
+  // workflow's stored retry policy, else this worker's policy for the name ($5).
   fail: `select ratchet.fail(workflow_id => $1::text, run_id => $2::bigint, error => $3::jsonb,
-                             retry_in => $4::float8 * interval '1 second') as status`,
+                             retryable => $4::boolean, retry_policy => $5::jsonb) as status`,
+  failRetryIn: `select ratchet.fail(workflow_id => $1::text, run_id => $2::bigint, error => $3::jsonb,
+                                    retry_in => $4::float8 * interval '1 second') as status`,
   suspend: `select ratchet.suspend(workflow_id => $1::text, run_id => $2::bigint,
                                    until => coalesce($3::timestamptz, ratchet.now()))`,
   durableSleep: `select wake_at::text as wake_at, remaining_seconds
@@ -79,6 +85,18 @@ const SQL = Object.freeze({
                                               step_id => $3::int, seconds => $4::float8)`,
   tick: 'select ratchet.tick() as started',
 });
+
+/**
+ * The SQL retry policy for a workflow's options, as JSON text; null for none.
+ * @param {Required<WorkflowOptions>} o
+ * @returns {string | null}
+ */
+function retryPolicy(o) {
+  if (!(Number.isInteger(o.retries) && o.retries >= 0)) throw new Error('retries must be an integer >= 0');
+  if (o.retries === 0) return null;
+  return JSON.stringify({ max_attempts: o.retries + 1, initial_delay: o.retryInterval,
+                          backoff_factor: o.retryBackoff, max_delay: o.retryMaxDelay });
+}
 
 /** SQLSTATEs that mean "this run is over, stop without writing anything". */
 const FENCED = new Set(['RT002', 'RT006']);
@@ -552,6 +570,10 @@ class WorkflowContext {
  * @property {number} [retries] how many times a run that threw is retried (default 0)
  * @property {number} [retryInterval] seconds before the first retry (default 1)
  * @property {number} [retryBackoff] multiplier per further retry (default 2)
+ * @property {number} [retryMaxDelay] cap on the delay between retries, seconds (default 300)
+ *
+ * These become the SQL retry policy (`ratchet.retry_delay`); the database
+ * computes every delay. `retries: n` means at most n + 1 attempts.
  */
 
 /**
@@ -639,7 +661,8 @@ class Worker extends EventEmitter {
     if (this.#workflows.has(name)) throw new Error(`workflow ${JSON.stringify(name)} is already registered`);
     this.#workflows.set(name, {
       fn,
-      options: { retries: 0, retryInterval: 1, retryBackoff: 2, ...options },
+      retryPolicy: retryPolicy({ retries: 0, retryInterval: 1, retryBackoff: 2,
+                                 retryMaxDelay: 300, ...options }),
     });
     return this;
   }
@@ -724,7 +747,9 @@ class Worker extends EventEmitter {
   async #claim(count) {
     let rows;
     try {
-      ({ rows } = await this.pool.query(SQL.claim, [this.queues, this.workerId, count, this.lease]));
+      ({ rows } = await this.pool.query(SQL.claim,
+        // only the names registered here: a workflow no worker knows waits
+        [this.queues, this.workerId, count, this.lease, [...this.#workflows.keys()]]));
     } catch (err) {
       this.log.warn(`claim failed: ${err.message}`);
       await this.#waker.wait(this.pollInterval * 1000);
@@ -800,7 +825,8 @@ class Worker extends EventEmitter {
         `(workflow ${run.workflowId}); failing this attempt`);
       const error = { type: 'UnknownWorkflow', traceback: null,
         message: `no workflow named ${JSON.stringify(run.name)} is registered with the worker` };
-      const { rows } = await run.query(SQL.fail, [run.workflowId, run.runId, toJson(error, 'error'), 30]);
+      const { rows } = await run.query(SQL.failRetryIn,
+        [run.workflowId, run.runId, toJson(error, 'error'), 30]);
       return rows[0].status;
     }
     /** @type {unknown} */
@@ -831,11 +857,9 @@ class Worker extends EventEmitter {
       }
     }
     const error = errorPayload(raised);
-    const { retries, retryInterval, retryBackoff } = def.options;
-    const retryIn = raised instanceof NonDeterminismError || run.attempt > retries ? null
-      : retryInterval * retryBackoff ** (run.attempt - 1);
     const { rows } = await run.query(SQL.fail,
-      [run.workflowId, run.runId, toJson(error, 'the workflow error'), retryIn]);
+      [run.workflowId, run.runId, toJson(error, 'the workflow error'),
+       !(raised instanceof NonDeterminismError), def.retryPolicy]);
     this.log.info(`workflow ${run.workflowId} failed (${error.type}: ${error.message}) -> ${rows[0].status}`);
     return rows[0].status;
   }

@@ -80,12 +80,12 @@ class Workflow(Generic[P, R]):
         self.fn = fn
         self.name = name
         self.queue = queue
-        self.max_attempts = max_attempts
+        self.retry_policy = retry_policy(retries, retry_interval, retry_backoff, retry_max_delay)
+        # one knob: retries=n is max_attempts=n+1 (errors and lost leases alike)
+        self.max_attempts = max_attempts if max_attempts is not None else \
+            (retries + 1 if retries else None)
         self.timeout = timeout
         self.retries = retries
-        self.retry_interval = retry_interval
-        self.retry_backoff = retry_backoff
-        self.retry_max_delay = retry_max_delay
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -95,19 +95,27 @@ class Workflow(Generic[P, R]):
         return f"<ratchet.Workflow {self.name!r} queue={self.queue!r}>"
 
 
+def retry_policy(retries: int, interval: float, backoff: float,
+                 max_delay: float) -> dict[str, Any] | None:
+    """The SQL retry policy (``ratchet.retry_delay``) for ``retries`` retries; None
+    for none. The database computes every delay from it."""
+    if retries < 0:
+        raise ValueError("retries must be >= 0")
+    if not retries:
+        return None
+    return {"max_attempts": retries + 1, "initial_delay": interval,
+            "backoff_factor": backoff, "max_delay": max_delay}
+
+
 class StepBase:
     """What every kind of step has: a name and a retry policy."""
 
     def __init__(self, app: App, *, name: str, retries: int, backoff: float, interval: float,
                  max_delay: float) -> None:
-        if retries < 0:
-            raise ValueError("retries must be >= 0")
+        self.retry_policy = retry_policy(retries, interval, backoff, max_delay)
         self.app = app
         self.name = name
         self.retries = retries
-        self.backoff = backoff
-        self.interval = interval
-        self.max_delay = max_delay
 
     def _run_plain(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run outside a workflow: just the function."""
@@ -333,6 +341,8 @@ class App:
     (or ``RATCHET_POOLED=1``) says ``dsn`` is a transaction pooler: then nothing
     LISTENs and every wait polls, every ``POOLED_POLL_INTERVAL`` seconds unless
     ``poll_interval`` is given.
+    ``app_version`` (default: ``RATCHET_APP_VERSION``) is recorded on the
+    workflows this app starts and the runs its workers claim.
     """
 
     #: the polling interval behind a pooler without ``listen_dsn`` (seconds)
@@ -341,7 +351,9 @@ class App:
     def __init__(self, dsn: str | None = None, *, pool_size: int | None = None,
                  suspend_threshold: float = 2.0, poll_interval: float | None = None,
                  prepared_statements: bool = False, listen_dsn: str | None = None,
-                 pooled: bool | None = None) -> None:
+                 pooled: bool | None = None, app_version: str | None = None) -> None:
+        self.app_version = app_version if app_version is not None else \
+            (os.environ.get("RATCHET_APP_VERSION") or None)
         self._db = Database(dsn, pool_size=pool_size, prepared_statements=prepared_statements)
         self._listen_dsn = listen_dsn or os.environ.get("RATCHET_LISTEN_DSN") or None
         if pooled is None:
@@ -438,8 +450,10 @@ class App:
         :meth:`start` says otherwise. ``max_attempts``: claims allowed (runs and
         crash recoveries) before it is ``dead``. ``timeout``: a deadline after
         which it is cancelled. ``retries``: how many times a run that raised is
-        retried (with ``retry_interval * retry_backoff**n`` seconds between,
-        capped by ``retry_max_delay``); without, an exception fails it.
+        retried, i.e. ``max_attempts = retries + 1`` unless ``max_attempts`` is
+        given; the database schedules each retry (``retry_interval *
+        retry_backoff**n`` seconds, capped by ``retry_max_delay``) from the
+        policy stored with the workflow. Without, an exception fails it.
         """
         timeout_s = _seconds(timeout, "timeout")
 
@@ -590,8 +604,10 @@ class App:
                dedup_key: str | None = None, start_at: datetime | None = None,
                delay: Seconds | None = None, timeout: Seconds | None = None,
                max_attempts: int | None = None) -> str:
+        policy = None
         if isinstance(fn, Workflow):
             name = fn.name
+            policy = fn.retry_policy
             queue = queue or fn.queue
             max_attempts = max_attempts if max_attempts is not None else fn.max_attempts
             timeout_s = _seconds(timeout, "timeout") if timeout is not None else fn.timeout
@@ -606,6 +622,8 @@ class App:
             "workflow_id": workflow_id, "queue": queue or "default", "priority": priority,
             "dedup_key": dedup_key, "start_at": start_at, "delay": _seconds(delay, "delay"),
             "timeout": timeout_s, "max_attempts": max_attempts, "parent_id": None,
+            "retry_policy": None if policy is None else dumps(policy, "the retry policy"),
+            "app_version": self.app_version,
         }
         ctx = active_workflow()
         if ctx is not None:

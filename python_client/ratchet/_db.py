@@ -35,7 +35,8 @@ _START_ARGS = """
   start_at => coalesce(%(start_at)s::timestamptz,
                        ratchet.now() + %(delay)s::float8 * interval '1 second'),
   timeout => %(timeout)s::float8 * interval '1 second',
-  max_attempts => %(max_attempts)s::int, parent_id => %(parent_id)s::text"""
+  max_attempts => %(max_attempts)s::int, parent_id => %(parent_id)s::text,
+  retry_policy => %(retry_policy)s::jsonb, app_version => %(app_version)s::text"""
 
 START = f"select ratchet.start_workflow({_START_ARGS}) as workflow_id"
 
@@ -65,10 +66,11 @@ STATUS = "select status, output, error from ratchet.get_workflow(workflow_id => 
 _CLAIMED_COLUMNS = "workflow_id, name, input::text as input, run_id, attempt, steps::text as steps"
 CLAIM = f"""select {_CLAIMED_COLUMNS} from ratchet.claim(
   queues => %(queues)s::text[], worker_id => %(worker_id)s::text,
-  max_count => %(max_count)s::int, lease => %(lease)s::float8 * interval '1 second')"""
+  max_count => %(max_count)s::int, lease => %(lease)s::float8 * interval '1 second',
+  names => %(names)s::text[], app_version => %(app_version)s::text)"""
 CLAIM_WORKFLOW = f"""select {_CLAIMED_COLUMNS} from ratchet.claim_workflow(
   workflow_id => %(workflow_id)s::text, worker_id => %(worker_id)s::text,
-  lease => %(lease)s::float8 * interval '1 second')"""
+  lease => %(lease)s::float8 * interval '1 second', app_version => %(app_version)s::text)"""
 HEARTBEAT = ("select ratchet.heartbeat(worker_id => %s::text, "
              "lease => %s::float8 * interval '1 second', workflow_ids => %s::text[]) as renewed")
 TICK = "select ratchet.tick() as started"
@@ -78,8 +80,16 @@ RECORD_STEP = """select ratchet.record_step(
   name => %s::text, output => %s::jsonb, error => %s::jsonb)"""
 FINISH = ("select ratchet.finish(workflow_id => %s::text, run_id => %s::bigint, "
           "output => %s::jsonb)")
+# The database decides retry or not, and when, from the workflow's stored retry
+# policy (or the worker's, retry_policy, for a workflow started by name).
 FAIL = """select ratchet.fail(workflow_id => %s::text, run_id => %s::bigint,
+  error => %s::jsonb, retryable => %s::boolean, retry_policy => %s::jsonb) as status"""
+# A workflow this worker cannot run: retried after retry_in whatever its policy.
+FAIL_RETRY_IN = """select ratchet.fail(workflow_id => %s::text, run_id => %s::bigint,
   error => %s::jsonb, retry_in => %s::float8 * interval '1 second') as status"""
+# An in-process step retry: the delay before the next attempt, NULL for none.
+RETRY_DELAY = """select extract(epoch from ratchet.retry_delay(policy => %s::jsonb,
+  attempt => %s::int))::float8 as delay"""
 # until NULL means "now" (give the workflow back at once, costing no attempt).
 SUSPEND = """select ratchet.suspend(workflow_id => %s::text, run_id => %s::bigint,
   until => coalesce(%s::timestamptz, ratchet.now()),

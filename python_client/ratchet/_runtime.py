@@ -125,8 +125,8 @@ def _execute_step(ctx: WorkflowContext, step: StepBase, step_id: int,
             raise
         except Exception as exc:
             ctx.check()  # a failure caused by the run ending is not the step's
-            if attempt <= step.retries:
-                delay = min(step.interval * step.backoff ** (attempt - 1), step.max_delay)
+            delay = _step_retry_delay(ctx, step, attempt)
+            if delay is not None:
                 logger.info("ratchet: step %s (#%d) of %s failed (%s: %s); retry %d/%d in "
                             "%.2f s", step.name, step_id, ctx.workflow_id, type(exc).__name__,
                             exc, attempt, step.retries, delay, extra=ctx.log_extra(step_id))
@@ -147,11 +147,13 @@ def _execute_step(ctx: WorkflowContext, step: StepBase, step_id: int,
 # -- running a claimed workflow -------------------------------------------------
 
 
-def _retry_delay(app: App, name: str, attempt: int) -> float | None:
-    wf = app._workflows.get(name)
-    if wf is None or attempt > wf.retries:
+def _step_retry_delay(ctx: WorkflowContext, step: StepBase, attempt: int) -> float | None:
+    """Seconds before retrying a step whose attempt ``attempt`` raised, from its
+    policy, computed by the database; None when it is not retried."""
+    if step.retry_policy is None:
         return None
-    return float(min(wf.retry_interval * wf.retry_backoff ** (attempt - 1), wf.retry_max_delay))
+    row = ctx.call(_db.RETRY_DELAY, (dumps(step.retry_policy, "the retry policy"), attempt))
+    return None if row is None or row["delay"] is None else float(row["delay"])
 
 
 def context_from_claim(app: App, row: dict[str, Any], worker_id: str,
@@ -233,8 +235,8 @@ def run_workflow(ctx: WorkflowContext) -> str:
         error = {"type": "UnknownWorkflow",
                  "message": f"no workflow named {ctx.name!r} is registered with the worker",
                  "traceback": None}
-        status = _end_call(ctx, _db.FAIL, (ctx.workflow_id, ctx.run_id,
-                                           dumps(error, "error"), 30.0))
+        status = _end_call(ctx, _db.FAIL_RETRY_IN, (ctx.workflow_id, ctx.run_id,
+                                                    dumps(error, "error"), 30.0))
         return "lost" if status is None else status or "failed"
     token = current_workflow.set(ctx)
     step_token = current_step.set(None)
@@ -289,10 +291,11 @@ def run_workflow(ctx: WorkflowContext) -> str:
                 logger.info("ratchet: workflow %s succeeded", ctx.workflow_id, extra=extra)
                 return "succeeded"
     error = error_payload(raised)
-    retry_in = None if isinstance(raised, NonDeterminismError) else \
-        _retry_delay(app, ctx.name, ctx.attempt)
+    # The database decides whether and when to retry (the workflow's policy).
+    policy = None if wf.retry_policy is None else dumps(wf.retry_policy, "the retry policy")
     status = _end_call(ctx, _db.FAIL, (ctx.workflow_id, ctx.run_id,
-                                       dumps(error, "the workflow error"), retry_in))
+                                       dumps(error, "the workflow error"),
+                                       not isinstance(raised, NonDeterminismError), policy))
     if status is None:
         return "lost"
     logger.info("ratchet: workflow %s failed (%s: %s) -> %s", ctx.workflow_id,
@@ -585,8 +588,9 @@ def run_directly(app: App, workflow_id: str, worker_id: str, lease: float) -> An
         return row["status"] in ENDED_STATUSES, row
 
     while True:
-        rows = app._db.fetchall(_db.CLAIM_WORKFLOW, {"workflow_id": workflow_id,
-                                                     "worker_id": worker_id, "lease": lease})
+        rows = app._db.fetchall(_db.CLAIM_WORKFLOW, {
+            "workflow_id": workflow_id, "worker_id": worker_id, "lease": lease,
+            "app_version": app.app_version})
         for row in rows:
             ctx = context_from_claim(app, dict(row), worker_id, lease)
             if ctx is not None:
@@ -602,7 +606,8 @@ def nested_run(parent: WorkflowContext, workflow_id: str) -> None:
     under the parent's worker (whose heartbeat renews its lease too)."""
     try:
         rows = parent.app._db.fetchall(_db.CLAIM_WORKFLOW, {
-            "workflow_id": workflow_id, "worker_id": parent.worker_id, "lease": parent.lease})
+            "workflow_id": workflow_id, "worker_id": parent.worker_id, "lease": parent.lease,
+            "app_version": parent.app.app_version})
     except psycopg.Error as exc:  # e.g. a lost connection: stops the parent's run, not fails it
         raise parent.run_error(exc) from exc
     for row in rows:

@@ -164,7 +164,10 @@ class Worker:
         try:
             rows = self.app._db.fetchall(_db.CLAIM, {
                 "queues": self.queues, "worker_id": self.worker_id, "max_count": count,
-                "lease": self.lease})
+                "lease": self.lease,
+                # only what this worker can run: during a rolling deploy a
+                # workflow new workers added waits for them, costing no attempt
+                "names": sorted(self.app._workflows), "app_version": self.app.app_version})
         except Exception as exc:
             # Back off from 50 ms up to the poll interval while the database is
             # unreachable; the pool has already dropped connections it lost.

@@ -55,3 +55,69 @@ alter table ratchet.schedules
 drop function if exists ratchet.cron_parse(text);
 drop function if exists ratchet.cron_next(text, timestamptz, text);
 drop function if exists ratchet.cron_prev(text, timestamptz, text);
+-- ---- arch: one end-of-run transition, status invariants in the schema ----
+-- _on_end, _take and _recoverable became _end_run, _wake_waiter and _claim_row.
+drop function if exists ratchet._on_end(text, text, timestamptz);
+drop function if exists ratchet._take(text, text, interval, timestamptz, boolean);
+drop function if exists ratchet._recoverable(ratchet.workflows, timestamptz);
+-- Backfill so the named invariants hold on upgraded rows (0.1.0 kept them in
+-- code only): no run outside running, ended_at exactly for the end states.
+update ratchet.workflows
+   set run_id = null, worker_id = null, lease_expires_at = null
+ where status <> 'running' and (run_id is not null or worker_id is not null or lease_expires_at is not null);
+update ratchet.workflows
+   set status = 'enqueued', start_at = updated_at
+ where status = 'running' and (run_id is null or worker_id is null or lease_expires_at is null);
+update ratchet.workflows set ended_at = updated_at
+ where status in ('succeeded', 'failed', 'cancelled', 'dead') and ended_at is null;
+update ratchet.workflows set ended_at = null
+ where status not in ('succeeded', 'failed', 'cancelled', 'dead') and ended_at is not null;
+alter table ratchet.workflows
+  drop constraint if exists workflows_check,
+  add constraint workflows_ended_at_check
+    check ((ended_at is not null) = (status in ('succeeded', 'failed', 'cancelled', 'dead'))),
+  add constraint workflows_run_check
+    check (case when status = 'running'
+                then run_id is not null and worker_id is not null and lease_expires_at is not null
+                else run_id is null and worker_id is null and lease_expires_at is null end);
+
+-- ---- arch: ratchet.runs (one row per claim) ----
+create table ratchet.runs (
+  workflow_id text not null,
+  run_id      bigint not null,
+  attempt     int not null,             -- the workflow's attempts when claimed
+  worker_id   text not null,
+  app_version text,                     -- the worker's application version
+  claimed_at  timestamptz not null,
+  ended_at    timestamptz,              -- NULL while the run is current
+  -- how the run stopped: the workflow ended (succeeded, failed, dead,
+  -- cancelled), was handed back (retried after an error, suspended for a
+  -- sleep or wait, released at once), or the lease expired and another claim
+  -- took over (lost)
+  outcome     text,
+  error       jsonb,                    -- the run's error (failed, retried, dead)
+  primary key (workflow_id, run_id),
+  constraint runs_outcome_check
+    check (outcome in ('succeeded', 'failed', 'dead', 'cancelled', 'retried', 'suspended',
+                       'released', 'lost')),
+  constraint runs_ended_at_check check ((ended_at is null) = (outcome is null))
+);
+comment on table ratchet.runs is
+  'One row per claim of a workflow: which worker ran it, when, and how the run ended.';
+select pg_catalog.pg_extension_config_dump('ratchet.runs', ''); -- @extension-only
+-- 0.1.0 kept no history: the current run of each running workflow gets its
+-- row, so finishing it after the upgrade closes it like any other run.
+insert into ratchet.runs (workflow_id, run_id, attempt, worker_id, claimed_at)
+select w.workflow_id, w.run_id, w.attempts, w.worker_id, w.updated_at
+  from ratchet.workflows w
+ where w.status = 'running';
+
+-- ---- arch: retry policy in SQL ----
+alter table ratchet.workflows add column retry_policy jsonb;
+drop function if exists ratchet.fail(text, bigint, jsonb, interval);
+drop function if exists ratchet.start_workflow(text, jsonb, text, text, int, text, timestamptz, interval, int, text);
+
+-- ---- arch: rolling deploys (claim by names, app versions) ----
+alter table ratchet.workflows add column app_version text;
+drop function if exists ratchet.claim(text[], text, int, interval);
+drop function if exists ratchet.claim_workflow(text, text, interval);

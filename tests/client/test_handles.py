@@ -111,12 +111,44 @@ def test_start_by_name_and_sql_started_inputs(app, conn, run_worker):
     assert app.retrieve(wid).result(timeout=10) == "hello bob?"
 
 
-def test_unknown_workflow_name_fails_the_attempt(app, conn, run_worker):
+def test_unknown_workflow_name_waits_without_spending_attempts(app, conn, run_worker):
+    """Issue 9.6 changed this: a worker claims only the names it registered, so a
+    workflow no worker knows waits (it used to fail with UnknownWorkflow)."""
+    @app.workflow()
+    def known() -> str:
+        return "ok"
+
     h = app.start("not_registered_anywhere", max_attempts=1)
+    done = app.start(known)
     run_worker()
-    with pytest.raises(ratchet.WorkflowFailed) as err:
-        h.result(timeout=10)
-    assert err.value.type == "UnknownWorkflow"
+    assert done.result(timeout=10) == "ok"
+    wf = conn.execute("select status, attempts from ratchet.workflows where workflow_id = %s",
+                      (h.workflow_id,)).fetchone()
+    assert wf == {"status": "enqueued", "attempts": 0}
+    assert conn.execute("select count(*) as n from ratchet.runs where workflow_id = %s",
+                        (h.workflow_id,)).fetchone()["n"] == 0
+
+
+def test_app_version_is_recorded_on_workflows_and_runs(dsn, conn, run_worker, monkeypatch):
+    monkeypatch.setenv("RATCHET_APP_VERSION", "v2")
+    app = ratchet.App(dsn, poll_interval=0.1)
+    try:
+        @app.workflow()
+        def versioned() -> str:
+            return "ok"
+
+        h = app.start(versioned)
+        run_worker(app)
+        assert h.result(timeout=10) == "ok"
+        assert app.app_version == "v2"
+        assert conn.execute("select app_version from ratchet.workflows where workflow_id = %s",
+                            (h.workflow_id,)).fetchone() == {"app_version": "v2"}
+        assert conn.execute("select app_version, outcome from ratchet.runs "
+                            "where workflow_id = %s", (h.workflow_id,)).fetchall() == [
+            {"app_version": "v2", "outcome": "succeeded"}]
+        assert ratchet.App(dsn, app_version="v3").app_version == "v3"
+    finally:
+        app.close()
 
 
 def test_fork_reruns_from_a_step(app, run_worker):
