@@ -614,6 +614,9 @@ def test_an_owner_without_createrole_installs_and_upgrades_plain(
     suffix = uuid.uuid4().hex[:8]
     owner, db = f"rt_owner_{suffix}", f"rt_owned_{suffix}"
     with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
+        for role in ("ratchet_worker", "ratchet_client"):  # the administrator's part
+            if c.execute("select 1 from pg_roles where rolname = %s", [role]).fetchone() is None:
+                c.execute(f"create role {role} nologin")
         c.execute(f"create role {owner} login nosuperuser nocreaterole")
         c.execute(f"create database {db} owner {owner}")
     dsn = make_conninfo(pg_server.dsn(db), user=owner)
@@ -622,7 +625,7 @@ def test_an_owner_without_createrole_installs_and_upgrades_plain(
         assert message == f"installed ratchet {NEW} (plain SQL)", message
         with connect(dsn) as c:
             acl = c.execute("select proacl::text as acl from pg_proc where oid ="
-                            " 'ratchet.claim(text[], text, int, interval)'::regprocedure"
+                            " 'ratchet.claim(text[], text, int, interval, text[], text)'::regprocedure"
                             ).fetchone()
             assert acl is not None and "ratchet_worker=X" in acl["acl"]
             c.execute("drop schema ratchet cascade")
@@ -652,7 +655,7 @@ def test_missing_roles_give_a_notice_and_no_grants(
     assert "SELECT ratchet._grant_roles()" in message
     with connect(dsn) as c:
         acl = c.execute("select proacl::text as acl from pg_proc where oid ="
-                        " 'ratchet.claim(text[], text, int, interval)'::regprocedure"
+                        " 'ratchet.claim(text[], text, int, interval, text[], text)'::regprocedure"
                         ).fetchone()
         assert acl is not None and "ratchet_worker" not in (acl["acl"] or "")
         # the owner runs the whole protocol itself
