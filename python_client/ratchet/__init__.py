@@ -30,6 +30,7 @@ import logging
 
 from ._app import App, Step, Transaction, Workflow, WorkflowHandle
 from ._errors import (
+    AsyncNotSupported,
     DuplicateDedupKey,
     InvalidArgument,
     NonDeterminismError,
@@ -38,6 +39,7 @@ from ._errors import (
     StaleRun,
     StepError,
     StepTimeout,
+    WorkflowArgumentError,
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowNotFound,
@@ -51,6 +53,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "AsyncNotSupported",
     "DuplicateDedupKey",
     "ExecutionInfo",
     "InvalidArgument",
@@ -65,6 +68,7 @@ __all__ = [
     "Transaction",
     "Worker",
     "Workflow",
+    "WorkflowArgumentError",
     "WorkflowCancelled",
     "WorkflowFailed",
     "WorkflowHandle",
@@ -81,9 +85,9 @@ __all__ = [
 
 # Public exceptions are stored (type names in error JSON) and shown as
 # ratchet.X, not as the private module they are defined in.
-for _cls in (DuplicateDedupKey, InvalidArgument, NonDeterminismError, RatchetError,
-             SerializationError, StaleRun, StepError, StepTimeout, WorkflowCancelled,
-             WorkflowFailed, WorkflowNotFound):
+for _cls in (AsyncNotSupported, WorkflowArgumentError, DuplicateDedupKey, InvalidArgument,
+             NonDeterminismError, RatchetError, SerializationError, StaleRun, StepError,
+             StepTimeout, WorkflowCancelled, WorkflowFailed, WorkflowNotFound):
     _cls.__module__ = "ratchet"
 
 # Quiet by default, like psycopg: WARNING unless the application configures

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ import psycopg
 from . import _db, _runtime
 from ._context import WorkflowContext, active_workflow
 from ._db import Database
-from ._errors import connection_lost
+from ._errors import AsyncNotSupported, WorkflowArgumentError, connection_lost
 from ._json import dumps, encode_input
 from ._listener import Listener
 from ._middleware import Middleware, MiddlewareChain
@@ -61,6 +62,21 @@ def make_worker_id(kind: str = "") -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{kind}{suffix}"
 
 
+def _reject_async(fn: Callable[..., Any], decorator: str) -> None:
+    """Raise :class:`AsyncNotSupported` for an ``async def`` function (or async
+    generator) given to a decorator of the synchronous API."""
+    target = getattr(fn, "__func__", fn)
+    call = None if inspect.isfunction(target) else type(target).__dict__.get("__call__")
+    if inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target) or \
+            (call is not None and inspect.iscoroutinefunction(call)):
+        name = getattr(fn, "__qualname__", repr(fn))
+        raise AsyncNotSupported(
+            f"@app.{decorator}() got the async function {name!r}, but ratchet.App runs "
+            "workflows and steps synchronously (it would only get a coroutine back). "
+            f"Hint: define {name} with a plain `def` (call async libraries inside it "
+            "with asyncio.run(...)), or use an async client when one is available.")
+
+
 # -- workflows and steps ----------------------------------------------------------
 
 
@@ -86,10 +102,30 @@ class Workflow(Generic[P, R]):
         self.retry_interval = retry_interval
         self.retry_backoff = retry_backoff
         self.retry_max_delay = retry_max_delay
+        try:
+            self._signature: inspect.Signature | None = inspect.signature(fn)
+        except (TypeError, ValueError):  # some builtins have no signature
+            self._signature = None
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return cast(R, self.app._call_directly(self, args, kwargs))
+
+    def check_arguments(self, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+        """Raise :class:`WorkflowArgumentError` unless ``args`` and ``kwargs`` bind
+        to the workflow function's signature (as a call would)."""
+        if self._signature is None:
+            return
+        try:
+            self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            plain = self._signature.replace(
+                parameters=[p.replace(annotation=inspect.Parameter.empty)
+                            for p in self._signature.parameters.values()],
+                return_annotation=inspect.Signature.empty)
+            raise WorkflowArgumentError(
+                f"workflow {self.name!r} cannot be started with these arguments: {exc} "
+                f"(it takes {self.name}{plain})") from None
 
     def __repr__(self) -> str:
         return f"<ratchet.Workflow {self.name!r} queue={self.queue!r}>"
@@ -410,6 +446,7 @@ class App:
         timeout_s = _seconds(timeout, "timeout")
 
         def register(func: Callable[P, R]) -> Workflow[P, R]:
+            _reject_async(func, "workflow")
             wf_name = name or default_name(func)
             if wf_name in self._workflows:
                 raise ValueError(f"a workflow named {wf_name!r} is already registered")
@@ -444,6 +481,7 @@ class App:
         """
 
         def register(func: Callable[P, R]) -> Step[P, R]:
+            _reject_async(func, "step")
             return Step(self, func, name=name or default_name(func), retries=retries,
                         backoff=backoff, interval=interval, max_delay=max_delay,
                         timeout=timeout)
@@ -472,6 +510,7 @@ class App:
 
         def register(func: Callable[Concatenate[psycopg.Cursor[Any], P], R]
                      ) -> Transaction[P, R]:
+            _reject_async(func, "transaction")
             return Transaction(self, func, name=name or default_name(func), retries=retries,
                                backoff=backoff, interval=interval, max_delay=max_delay)
 
@@ -557,6 +596,7 @@ class App:
                delay: Seconds | None = None, timeout: Seconds | None = None,
                max_attempts: int | None = None) -> str:
         if isinstance(fn, Workflow):
+            fn.check_arguments(args, kwargs)
             name = fn.name
             queue = queue or fn.queue
             max_attempts = max_attempts if max_attempts is not None else fn.max_attempts

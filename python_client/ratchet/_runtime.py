@@ -23,7 +23,6 @@ from ._errors import (
     NonDeterminismError,
     RatchetError,
     SerializationError,
-    StepError,
     StepTimeout,
     WorkflowCancelled,
     WorkflowFailed,
@@ -31,6 +30,7 @@ from ._errors import (
     _RunAborted,
     _Suspended,
     error_payload,
+    step_error,
 )
 from ._json import decode_input, dumps
 from ._listener import ENDED, EVENT, MESSAGE
@@ -92,7 +92,7 @@ class Checkpointed:
 def replay_step(rec: dict[str, Any], step_id: int, name: str) -> Any:
     """A recorded step's result: its output, or its error raised again."""
     if rec.get("error") is not None:
-        raise StepError(rec["error"], step_id=step_id, step_name=name)
+        raise step_error(rec["error"], step_id, name)
     return rec.get("output")
 
 
@@ -136,7 +136,7 @@ def _execute_step(ctx: WorkflowContext, step: StepBase, step_id: int,
             error["attempts"] = attempt
             ctx.call(_db.RECORD_STEP, (ctx.workflow_id, ctx.run_id, step_id, step.name,
                                        None, dumps(error, "the step error")))
-            raise StepError(error, step_id=step_id, step_name=step.name) from exc
+            raise step_error(error, step_id, step.name) from exc
         finally:
             current_step.reset(token)
         ctx.call(_db.RECORD_STEP, (ctx.workflow_id, ctx.run_id, step_id, step.name,
