@@ -46,6 +46,14 @@ from ._errors import (
 )
 from ._install import install
 from ._middleware import ExecutionInfo, Middleware
+from ._records import (
+    QueueInfo,
+    ScheduleInfo,
+    StepInfo,
+    WorkerInfo,
+    WorkflowInfo,
+    WorkflowStatus,
+)
 from ._runtime import get_event, recv, set_event, sleep, step_idempotency_key, workflow_id
 from ._worker import Worker
 
@@ -58,21 +66,27 @@ __all__ = [
     "ExecutionInfo",
     "InvalidArgument",
     "Middleware",
+    "QueueInfo",
+    "ScheduleInfo",
     "NonDeterminismError",
     "RatchetError",
     "SerializationError",
     "StaleRun",
     "Step",
     "StepError",
+    "StepInfo",
     "StepTimeout",
     "Transaction",
     "Worker",
+    "WorkerInfo",
     "Workflow",
     "WorkflowArgumentError",
     "WorkflowCancelled",
     "WorkflowFailed",
     "WorkflowHandle",
+    "WorkflowInfo",
     "WorkflowNotFound",
+    "WorkflowStatus",
     "__version__",
     "get_event",
     "install",
@@ -87,7 +101,8 @@ __all__ = [
 # ratchet.X, not as the private module they are defined in.
 for _cls in (AsyncNotSupported, WorkflowArgumentError, DuplicateDedupKey, InvalidArgument,
              NonDeterminismError, RatchetError, SerializationError, StaleRun, StepError,
-             StepTimeout, WorkflowCancelled, WorkflowFailed, WorkflowNotFound):
+             StepTimeout, WorkflowCancelled, WorkflowFailed, WorkflowNotFound, QueueInfo,
+             ScheduleInfo, StepInfo, WorkerInfo, WorkflowInfo, WorkflowStatus):
     _cls.__module__ = "ratchet"
 
 # Quiet by default, like psycopg: WARNING unless the application configures

@@ -17,13 +17,21 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar,
 
 import psycopg
 
-from . import _db, _runtime
+from . import _db, _records, _runtime
 from ._context import WorkflowContext, active_workflow
 from ._db import Database
 from ._errors import AsyncNotSupported, WorkflowArgumentError, connection_lost
 from ._json import dumps, encode_input
 from ._listener import Listener
 from ._middleware import Middleware, MiddlewareChain
+from ._records import (
+    QueueInfo,
+    ScheduleInfo,
+    StepInfo,
+    WorkerInfo,
+    WorkflowInfo,
+    WorkflowStatus,
+)
 from ._runtime import Checkpointed
 
 if TYPE_CHECKING:
@@ -261,10 +269,16 @@ class WorkflowHandle(Generic[R]):
         assert row is not None
         return dict(row)
 
-    def status(self) -> str:
-        """``enqueued``, ``running``, ``succeeded``, ``failed``, ``cancelled`` or
-        ``dead``."""
-        return str(self.info()["status"])
+    def status(self) -> WorkflowStatus:
+        """The status (``enqueued``, ``running``, ``succeeded``, ``failed``,
+        ``cancelled`` or ``dead``) with why it waits: a :class:`WorkflowStatus`
+        (``waiting_for``, ``wait_key``, ``wake_at``, ``reason``,
+        ``running_step``). It compares equal to the status string."""
+        return self.app.workflow_status(self.workflow_id)
+
+    def get(self) -> WorkflowInfo:
+        """The workflow's row as a typed :class:`WorkflowInfo`."""
+        return WorkflowInfo.from_row(self.info())
 
     def result(self, timeout: float | None = None) -> R:
         """Wait for the workflow to end and return its output.
@@ -744,6 +758,62 @@ class App:
         row = self._db.fetchone("select ratchet.unschedule(name => %s::text) as removed",
                                 (name,))
         return bool(row and row["removed"])
+
+    # -- reading -------------------------------------------------------------
+
+    def list_workflows(self, *, status: str | Sequence[str] | None = None,
+                       name: str | Sequence[str] | None = None,
+                       queue: str | Sequence[str] | None = None,
+                       parent_id: str | None = None,
+                       created_after: datetime | None = None,
+                       created_before: datetime | None = None,
+                       limit: int = 100, offset: int = 0) -> list[WorkflowInfo]:
+        """Workflows newest first, as :class:`WorkflowInfo` records. ``status``,
+        ``name`` and ``queue`` take one value or several; ``created_after`` is
+        inclusive, ``created_before`` exclusive. Page with ``limit``/``offset``."""
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must be >= 0")
+
+        def many(value: str | Sequence[str] | None) -> list[str] | None:
+            if value is None:
+                return None
+            return [value] if isinstance(value, str) else list(value)
+
+        rows = self._db.fetchall(_records.LIST_WORKFLOWS, {
+            "status": many(status), "name": many(name), "queue": many(queue),
+            "parent_id": parent_id, "created_after": created_after,
+            "created_before": created_before, "limit": limit, "offset": offset})
+        return [WorkflowInfo.from_row(dict(r)) for r in rows]
+
+    def get_workflow(self, workflow_id: str) -> WorkflowInfo:
+        """One workflow as a :class:`WorkflowInfo` (:class:`WorkflowNotFound` if none)."""
+        row = self._db.fetchone(_db.GET_WORKFLOW, (workflow_id,))
+        assert row is not None
+        return WorkflowInfo.from_row(dict(row))
+
+    def get_steps(self, workflow_id: str) -> list[StepInfo]:
+        """The recorded steps of a workflow in order, as :class:`StepInfo` records
+        (:class:`WorkflowNotFound` if there is no such workflow)."""
+        return [StepInfo.from_row(dict(r))
+                for r in self._db.fetchall(_db.GET_STEPS, (workflow_id,))]
+
+    def workflow_status(self, workflow_id: str) -> WorkflowStatus:
+        """The status of a workflow and why it waits (see :class:`WorkflowStatus`)."""
+        row = self._db.fetchone(_records.STATUS_DETAIL, (workflow_id,))
+        assert row is not None
+        return _records.status_from_row(dict(row))
+
+    def list_queues(self) -> list[QueueInfo]:
+        """Every queue with its limits and live counts (``ratchet.queue_stats``)."""
+        return [QueueInfo.from_row(dict(r)) for r in self._db.fetchall(_records.QUEUES)]
+
+    def list_schedules(self) -> list[ScheduleInfo]:
+        """Every cron schedule (``ratchet.schedules``)."""
+        return [ScheduleInfo.from_row(dict(r)) for r in self._db.fetchall(_records.SCHEDULES)]
+
+    def list_workers(self) -> list[WorkerInfo]:
+        """Workers holding running workflows, with their last heartbeat."""
+        return [WorkerInfo.from_row(dict(r)) for r in self._db.fetchall(_records.WORKERS)]
 
     # -- workers -------------------------------------------------------------
 
