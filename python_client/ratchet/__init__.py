@@ -54,7 +54,16 @@ from ._records import (
     WorkflowInfo,
     WorkflowStatus,
 )
-from ._runtime import get_event, recv, set_event, sleep, step_idempotency_key, workflow_id
+from ._runtime import (
+    deprecate_patch,
+    get_event,
+    patched,
+    recv,
+    set_event,
+    sleep,
+    step_idempotency_key,
+    workflow_id,
+)
 from ._worker import Worker
 
 __version__ = "0.1.0"
@@ -88,8 +97,10 @@ __all__ = [
     "WorkflowNotFound",
     "WorkflowStatus",
     "__version__",
+    "deprecate_patch",
     "get_event",
     "install",
+    "patched",
     "recv",
     "set_event",
     "sleep",
