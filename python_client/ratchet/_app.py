@@ -803,6 +803,12 @@ class App:
         assert row is not None
         return _records.status_from_row(dict(row))
 
+    def workflow_statuses(self, workflow_ids: Sequence[str]) -> dict[str, WorkflowStatus]:
+        """:meth:`workflow_status` of several workflows in one query, by id
+        (unknown ids are left out)."""
+        rows = self._db.fetchall(_records.STATUS_MANY, (list(workflow_ids),))
+        return {str(r["workflow_id"]): _records.status_from_row(dict(r)) for r in rows}
+
     def list_queues(self) -> list[QueueInfo]:
         """Every queue with its limits and live counts (``ratchet.queue_stats``)."""
         return [QueueInfo.from_row(dict(r)) for r in self._db.fetchall(_records.QUEUES)]

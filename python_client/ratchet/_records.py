@@ -209,13 +209,17 @@ LIST_WORKFLOWS = """select w.* from ratchet.workflows w
  limit %(limit)s::bigint offset %(offset)s::bigint"""
 
 # The workflow, its queue's pause flag, its last recorded step and the time.
-STATUS_DETAIL = """select w.*, q.paused as queue_paused, ratchet.now() as db_now,
+_STATUS_DETAIL = """select w.*, q.paused as queue_paused, ratchet.now() as db_now,
        s.name as last_step_name, s.step_id as last_step_id, s.output as last_step_output
-  from ratchet.get_workflow(workflow_id => %s::text) w
+  from {source}
   left join ratchet.queues q on q.name = w.queue
   left join lateral (select st.name, st.step_id, st.output from ratchet.steps st
                       where st.workflow_id = w.workflow_id
                       order by st.step_id desc limit 1) s on true"""
+STATUS_DETAIL = _STATUS_DETAIL.format(
+    source="ratchet.get_workflow(workflow_id => %s::text) w")
+STATUS_MANY = _STATUS_DETAIL.format(source="ratchet.workflows w") + \
+    "\n where w.workflow_id = any(%s::text[])"
 
 QUEUES = "select * from ratchet.queue_stats order by queue"
 SCHEDULES = "select * from ratchet.schedules order by name"
