@@ -28,7 +28,8 @@ def test_start_ls_show(dsn, conn):
     rows = cli_json(dsn, "ls")["workflows"]
     assert {r["workflow_id"] for r in rows} == {"g-1", "g-2"}
     assert cli_json(dsn, "ls", "--status", "succeeded")["workflows"] == []
-    assert len(cli_json(dsn, "ls", "--name", "greet", "--since", "1h", "--limit", "1")["workflows"]) == 1
+    listed = cli_json(dsn, "ls", "--name", "greet", "--since", "1h", "--limit", "1")
+    assert len(listed["workflows"]) == 1
     table = run_cli(dsn, "ls").stdout
     assert "WORKFLOW_ID" in table and "g-1" in table
 
