@@ -30,6 +30,7 @@ import logging
 
 from ._app import App, Step, Transaction, Workflow, WorkflowHandle
 from ._errors import (
+    AsyncNotSupported,
     DuplicateDedupKey,
     InvalidArgument,
     NonDeterminismError,
@@ -38,40 +39,68 @@ from ._errors import (
     StaleRun,
     StepError,
     StepTimeout,
+    WorkflowArgumentError,
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowNotFound,
 )
 from ._install import install
 from ._middleware import ExecutionInfo, Middleware
-from ._runtime import get_event, recv, set_event, sleep, step_idempotency_key, workflow_id
+from ._records import (
+    QueueInfo,
+    ScheduleInfo,
+    StepInfo,
+    WorkerInfo,
+    WorkflowInfo,
+    WorkflowStatus,
+)
+from ._runtime import (
+    deprecate_patch,
+    get_event,
+    patched,
+    recv,
+    set_event,
+    sleep,
+    step_idempotency_key,
+    workflow_id,
+)
 from ._worker import Worker
 
 __version__ = "0.2.0"
 
 __all__ = [
     "App",
+    "AsyncNotSupported",
     "DuplicateDedupKey",
     "ExecutionInfo",
     "InvalidArgument",
     "Middleware",
+    "QueueInfo",
+    "ScheduleInfo",
     "NonDeterminismError",
     "RatchetError",
     "SerializationError",
     "StaleRun",
     "Step",
     "StepError",
+    "StepInfo",
     "StepTimeout",
     "Transaction",
     "Worker",
+    "WorkerInfo",
     "Workflow",
+    "WorkflowArgumentError",
     "WorkflowCancelled",
     "WorkflowFailed",
     "WorkflowHandle",
+    "WorkflowInfo",
     "WorkflowNotFound",
+    "WorkflowStatus",
     "__version__",
+    "deprecate_patch",
     "get_event",
     "install",
+    "patched",
     "recv",
     "set_event",
     "sleep",
@@ -81,9 +110,10 @@ __all__ = [
 
 # Public exceptions are stored (type names in error JSON) and shown as
 # ratchet.X, not as the private module they are defined in.
-for _cls in (DuplicateDedupKey, InvalidArgument, NonDeterminismError, RatchetError,
-             SerializationError, StaleRun, StepError, StepTimeout, WorkflowCancelled,
-             WorkflowFailed, WorkflowNotFound):
+for _cls in (AsyncNotSupported, WorkflowArgumentError, DuplicateDedupKey, InvalidArgument,
+             NonDeterminismError, RatchetError, SerializationError, StaleRun, StepError,
+             StepTimeout, WorkflowCancelled, WorkflowFailed, WorkflowNotFound, QueueInfo,
+             ScheduleInfo, StepInfo, WorkerInfo, WorkflowInfo, WorkflowStatus):
     _cls.__module__ = "ratchet"
 
 # Quiet by default, like psycopg: WARNING unless the application configures

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import os
@@ -16,13 +17,21 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar,
 
 import psycopg
 
-from . import _db, _runtime
+from . import _db, _records, _runtime
 from ._context import WorkflowContext, active_workflow
 from ._db import Database
-from ._errors import connection_lost
+from ._errors import AsyncNotSupported, WorkflowArgumentError, connection_lost
 from ._json import dumps, encode_input
 from ._listener import Listener
 from ._middleware import Middleware, MiddlewareChain
+from ._records import (
+    QueueInfo,
+    ScheduleInfo,
+    StepInfo,
+    WorkerInfo,
+    WorkflowInfo,
+    WorkflowStatus,
+)
 from ._runtime import Checkpointed
 
 if TYPE_CHECKING:
@@ -61,6 +70,21 @@ def make_worker_id(kind: str = "") -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{kind}{suffix}"
 
 
+def _reject_async(fn: Callable[..., Any], decorator: str) -> None:
+    """Raise :class:`AsyncNotSupported` for an ``async def`` function (or async
+    generator) given to a decorator of the synchronous API."""
+    target = getattr(fn, "__func__", fn)
+    call = None if inspect.isfunction(target) else type(target).__dict__.get("__call__")
+    if inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target) or \
+            (call is not None and inspect.iscoroutinefunction(call)):
+        name = getattr(fn, "__qualname__", repr(fn))
+        raise AsyncNotSupported(
+            f"@app.{decorator}() got the async function {name!r}, but ratchet.App runs "
+            "workflows and steps synchronously (it would only get a coroutine back). "
+            f"Hint: define {name} with a plain `def` (call async libraries inside it "
+            "with asyncio.run(...)), or use an async client when one is available.")
+
+
 # -- workflows and steps ----------------------------------------------------------
 
 
@@ -86,10 +110,30 @@ class Workflow(Generic[P, R]):
             (retries + 1 if retries else None)
         self.timeout = timeout
         self.retries = retries
+        try:
+            self._signature: inspect.Signature | None = inspect.signature(fn)
+        except (TypeError, ValueError):  # some builtins have no signature
+            self._signature = None
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return cast(R, self.app._call_directly(self, args, kwargs))
+
+    def check_arguments(self, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+        """Raise :class:`WorkflowArgumentError` unless ``args`` and ``kwargs`` bind
+        to the workflow function's signature (as a call would)."""
+        if self._signature is None:
+            return
+        try:
+            self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            plain = self._signature.replace(
+                parameters=[p.replace(annotation=inspect.Parameter.empty)
+                            for p in self._signature.parameters.values()],
+                return_annotation=inspect.Signature.empty)
+            raise WorkflowArgumentError(
+                f"workflow {self.name!r} cannot be started with these arguments: {exc} "
+                f"(it takes {self.name}{plain})") from None
 
     def __repr__(self) -> str:
         return f"<ratchet.Workflow {self.name!r} queue={self.queue!r}>"
@@ -235,10 +279,16 @@ class WorkflowHandle(Generic[R]):
         assert row is not None
         return dict(row)
 
-    def status(self) -> str:
-        """``enqueued``, ``running``, ``succeeded``, ``failed``, ``cancelled`` or
-        ``dead``."""
-        return str(self.info()["status"])
+    def status(self) -> WorkflowStatus:
+        """The status (``enqueued``, ``running``, ``succeeded``, ``failed``,
+        ``cancelled`` or ``dead``) with why it waits: a :class:`WorkflowStatus`
+        (``waiting_for``, ``wait_key``, ``wake_at``, ``reason``,
+        ``running_step``). It compares equal to the status string."""
+        return self.app.workflow_status(self.workflow_id)
+
+    def get(self) -> WorkflowInfo:
+        """The workflow's row as a typed :class:`WorkflowInfo`."""
+        return WorkflowInfo.from_row(self.info())
 
     def result(self, timeout: float | None = None) -> R:
         """Wait for the workflow to end and return its output.
@@ -458,6 +508,7 @@ class App:
         timeout_s = _seconds(timeout, "timeout")
 
         def register(func: Callable[P, R]) -> Workflow[P, R]:
+            _reject_async(func, "workflow")
             wf_name = name or default_name(func)
             if wf_name in self._workflows:
                 raise ValueError(f"a workflow named {wf_name!r} is already registered")
@@ -492,6 +543,7 @@ class App:
         """
 
         def register(func: Callable[P, R]) -> Step[P, R]:
+            _reject_async(func, "step")
             return Step(self, func, name=name or default_name(func), retries=retries,
                         backoff=backoff, interval=interval, max_delay=max_delay,
                         timeout=timeout)
@@ -520,6 +572,7 @@ class App:
 
         def register(func: Callable[Concatenate[psycopg.Cursor[Any], P], R]
                      ) -> Transaction[P, R]:
+            _reject_async(func, "transaction")
             return Transaction(self, func, name=name or default_name(func), retries=retries,
                                backoff=backoff, interval=interval, max_delay=max_delay)
 
@@ -606,6 +659,7 @@ class App:
                max_attempts: int | None = None) -> str:
         policy = None
         if isinstance(fn, Workflow):
+            fn.check_arguments(args, kwargs)
             name = fn.name
             policy = fn.retry_policy
             queue = queue or fn.queue
@@ -756,6 +810,68 @@ class App:
         row = self._db.fetchone("select ratchet.unschedule(name => %s::text) as removed",
                                 (name,))
         return bool(row and row["removed"])
+
+    # -- reading -------------------------------------------------------------
+
+    def list_workflows(self, *, status: str | Sequence[str] | None = None,
+                       name: str | Sequence[str] | None = None,
+                       queue: str | Sequence[str] | None = None,
+                       parent_id: str | None = None,
+                       created_after: datetime | None = None,
+                       created_before: datetime | None = None,
+                       limit: int = 100, offset: int = 0) -> list[WorkflowInfo]:
+        """Workflows newest first, as :class:`WorkflowInfo` records. ``status``,
+        ``name`` and ``queue`` take one value or several; ``created_after`` is
+        inclusive, ``created_before`` exclusive. Page with ``limit``/``offset``."""
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must be >= 0")
+
+        def many(value: str | Sequence[str] | None) -> list[str] | None:
+            if value is None:
+                return None
+            return [value] if isinstance(value, str) else list(value)
+
+        rows = self._db.fetchall(_records.LIST_WORKFLOWS, {
+            "status": many(status), "name": many(name), "queue": many(queue),
+            "parent_id": parent_id, "created_after": created_after,
+            "created_before": created_before, "limit": limit, "offset": offset})
+        return [WorkflowInfo.from_row(dict(r)) for r in rows]
+
+    def get_workflow(self, workflow_id: str) -> WorkflowInfo:
+        """One workflow as a :class:`WorkflowInfo` (:class:`WorkflowNotFound` if none)."""
+        row = self._db.fetchone(_db.GET_WORKFLOW, (workflow_id,))
+        assert row is not None
+        return WorkflowInfo.from_row(dict(row))
+
+    def get_steps(self, workflow_id: str) -> list[StepInfo]:
+        """The recorded steps of a workflow in order, as :class:`StepInfo` records
+        (:class:`WorkflowNotFound` if there is no such workflow)."""
+        return [StepInfo.from_row(dict(r))
+                for r in self._db.fetchall(_db.GET_STEPS, (workflow_id,))]
+
+    def workflow_status(self, workflow_id: str) -> WorkflowStatus:
+        """The status of a workflow and why it waits (see :class:`WorkflowStatus`)."""
+        row = self._db.fetchone(_records.STATUS_DETAIL, (workflow_id,))
+        assert row is not None
+        return _records.status_from_row(dict(row))
+
+    def workflow_statuses(self, workflow_ids: Sequence[str]) -> dict[str, WorkflowStatus]:
+        """:meth:`workflow_status` of several workflows in one query, by id
+        (unknown ids are left out)."""
+        rows = self._db.fetchall(_records.STATUS_MANY, (list(workflow_ids),))
+        return {str(r["workflow_id"]): _records.status_from_row(dict(r)) for r in rows}
+
+    def list_queues(self) -> list[QueueInfo]:
+        """Every queue with its limits and live counts (``ratchet.queue_stats``)."""
+        return [QueueInfo.from_row(dict(r)) for r in self._db.fetchall(_records.QUEUES)]
+
+    def list_schedules(self) -> list[ScheduleInfo]:
+        """Every cron schedule (``ratchet.schedules``)."""
+        return [ScheduleInfo.from_row(dict(r)) for r in self._db.fetchall(_records.SCHEDULES)]
+
+    def list_workers(self) -> list[WorkerInfo]:
+        """Workers holding running workflows, with their last heartbeat."""
+        return [WorkerInfo.from_row(dict(r)) for r in self._db.fetchall(_records.WORKERS)]
 
     # -- workers -------------------------------------------------------------
 

@@ -67,6 +67,8 @@ class WorkflowContext:
     fatal: NonDeterminismError | None = None
     #: set to interrupt in-process waits (the run was released or lost)
     stop: threading.Event = field(default_factory=threading.Event)
+    #: what ratchet.patched() decided for each change id in this run
+    patches: dict[str, bool] = field(default_factory=dict)
 
     @classmethod
     def from_claim(cls, app: App, row: dict[str, Any], worker_id: str,

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 
 __all__ = [
+    "AsyncNotSupported",
     "DuplicateDedupKey",
     "InvalidArgument",
     "NonDeterminismError",
@@ -24,6 +25,7 @@ __all__ = [
     "StepTimeout",
     "WorkflowCancelled",
     "WorkflowFailed",
+    "WorkflowArgumentError",
     "WorkflowNotFound",
 ]
 
@@ -35,6 +37,19 @@ class RatchetError(Exception):
 class SerializationError(RatchetError, TypeError):
     """A value that must be stored as JSON (an argument, a result, a message) is not
     JSON-serializable. Raised at the call site, before anything is written."""
+
+
+class AsyncNotSupported(RatchetError, TypeError):
+    """An ``async def`` function (or async generator) was given to a decorator of
+    the synchronous API (:meth:`App.workflow`, :meth:`App.step`,
+    :meth:`App.transaction`). Raised at decoration time: the sync client would
+    otherwise run it, get a coroutine back and fail later in a worker."""
+
+
+class WorkflowArgumentError(RatchetError, TypeError):
+    """The arguments given to :meth:`App.start` (or a direct call of a workflow)
+    do not fit the workflow function's signature. Raised at the call site,
+    before anything is written."""
 
 
 class NonDeterminismError(RatchetError):
@@ -73,7 +88,8 @@ class StepError(_StoredError, RatchetError):
     and on every replay alike.
 
     ``error`` is the stored JSON error; ``type`` keeps the original exception's
-    type name (for example ``"ValueError"``), ``message`` its message.
+    type name (for example ``"ValueError"``), ``message`` its message. A step
+    that timed out raises the subclass :class:`StepTimeout`.
     """
 
     def __init__(self, error: dict[str, Any], *, step_id: int | None = None,
@@ -81,13 +97,35 @@ class StepError(_StoredError, RatchetError):
         self.error = error
         self.step_id = step_id
         self.step_name = step_name
-        super().__init__(f"step {step_name!r} (#{step_id}) failed: "
-                         f"{self.type}: {self.message}")
+        if step_id is None and step_name is None:
+            text = self.message
+        else:
+            text = f"step {step_name!r} (#{step_id}) failed: {self.type}: {self.message}"
+        super().__init__(text)
 
 
-class StepTimeout(RatchetError, TimeoutError):
+class StepTimeout(StepError, TimeoutError):
     """A step ran longer than its ``timeout``. It counts as a failure of the step
-    (and is retried if the step has retries left)."""
+    (and is retried if the step has retries left); once its retries are spent
+    the workflow gets this class (a :class:`StepError`, so ``except
+    ratchet.StepError`` catches it too), on the first run and on replay.
+
+    ``StepTimeout("message")`` is what the timed-out attempt raises; the
+    workflow receives ``StepTimeout(error_dict, step_id=, step_name=)``.
+    """
+
+    def __init__(self, error: dict[str, Any] | str, *, step_id: int | None = None,
+                 step_name: str | None = None) -> None:
+        if isinstance(error, str):
+            error = {"type": "ratchet.StepTimeout", "message": error}
+        super().__init__(error, step_id=step_id, step_name=step_name)
+
+
+def step_error(error: dict[str, Any], step_id: int, step_name: str) -> StepError:
+    """The exception a workflow receives for a step recorded as failed: a
+    :class:`StepTimeout` if the step timed out, else a :class:`StepError`."""
+    cls = StepTimeout if error.get("type") == "ratchet.StepTimeout" else StepError
+    return cls(error, step_id=step_id, step_name=step_name)
 
 
 class WorkflowFailed(_StoredError, RatchetError):
@@ -217,7 +255,7 @@ def error_payload(exc: BaseException) -> dict[str, Any]:
     names what really went wrong.
     """
     tb = "".join(_traceback.format_exception(type(exc), exc, exc.__traceback__))
-    if isinstance(exc, StepError):
+    if isinstance(exc, StepError) and exc.step_id is not None:
         payload = dict(exc.error)
         payload.setdefault("traceback", _clip(tb, 32000, keep_end=True))
         payload["step_id"] = exc.step_id

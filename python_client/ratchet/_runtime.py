@@ -23,7 +23,6 @@ from ._errors import (
     NonDeterminismError,
     RatchetError,
     SerializationError,
-    StepError,
     StepTimeout,
     WorkflowCancelled,
     WorkflowFailed,
@@ -31,6 +30,7 @@ from ._errors import (
     _RunAborted,
     _Suspended,
     error_payload,
+    step_error,
 )
 from ._json import decode_input, dumps
 from ._listener import ENDED, EVENT, MESSAGE
@@ -92,7 +92,7 @@ class Checkpointed:
 def replay_step(rec: dict[str, Any], step_id: int, name: str) -> Any:
     """A recorded step's result: its output, or its error raised again."""
     if rec.get("error") is not None:
-        raise StepError(rec["error"], step_id=step_id, step_name=name)
+        raise step_error(rec["error"], step_id, name)
     return rec.get("output")
 
 
@@ -136,7 +136,7 @@ def _execute_step(ctx: WorkflowContext, step: StepBase, step_id: int,
             error["attempts"] = attempt
             ctx.call(_db.RECORD_STEP, (ctx.workflow_id, ctx.run_id, step_id, step.name,
                                        None, dumps(error, "the step error")))
-            raise StepError(error, step_id=step_id, step_name=step.name) from exc
+            raise step_error(error, step_id, step.name) from exc
         finally:
             current_step.reset(token)
         ctx.call(_db.RECORD_STEP, (ctx.workflow_id, ctx.run_id, step_id, step.name,
@@ -301,6 +301,75 @@ def run_workflow(ctx: WorkflowContext) -> str:
     logger.info("ratchet: workflow %s failed (%s: %s) -> %s", ctx.workflow_id,
                 error.get("type"), error.get("message"), status or "failed", extra=extra)
     return status or "failed"
+
+
+# -- safe code changes ------------------------------------------------------------
+
+PATCH_PREFIX = "patch:"
+
+
+def patched(change_id: str) -> bool:
+    """Whether this run takes the new code of change ``change_id``.
+
+    Write a code change that must not disturb runs already in flight as::
+
+        if ratchet.patched("charge-v2"):
+            charge_v2(order)
+        else:
+            charge(order)
+
+    A run that reaches this point under the new code gets True, and a marker
+    step ``patch:<change_id>`` is recorded here. A run that started under the
+    old code and had already recorded steps past this point gets False, so its
+    replay takes the old branch and finds its recorded steps where they were:
+    the marker is only looked for, never numbered, in old runs. Replays
+    decide the same way (marker present: True; a later step recorded without
+    it: False). Within one run, further calls with the same id return the
+    first answer. Outside workflows (and inside steps) it returns True.
+    """
+    if not change_id:
+        raise ValueError("patched() needs a non-empty change id")
+    ctx = active_workflow()
+    if ctx is None:
+        return True
+    ctx.check()
+    if change_id in ctx.patches:
+        return ctx.patches[change_id]
+    marker = PATCH_PREFIX + change_id
+    position = ctx.next_step
+    rec = ctx.recorded.get(position)
+    if rec is not None and rec.get("name") == marker:
+        ctx.take_step()
+        decision = True
+    elif rec is not None or ctx.replaying_past(position - 1):
+        # The old code went past this point without the marker: keep its
+        # numbering and take the old branch.
+        decision = False
+    else:
+        step_id = ctx.take_step()
+        ctx.call(_db.RECORD_STEP, (ctx.workflow_id, ctx.run_id, step_id, marker,
+                                   '{"patched": true}', None))
+        decision = True
+    ctx.patches[change_id] = decision
+    return decision
+
+
+def deprecate_patch(change_id: str) -> None:
+    """Mark change ``change_id`` as complete, once no run that can take the old
+    branch is left: replace ``if patched(id): new() else: old()`` by
+    ``deprecate_patch(id); new()``. Runs that recorded the marker still replay
+    (the marker's step number is consumed); new runs record nothing. Remove
+    the call once those runs have ended too."""
+    if not change_id:
+        raise ValueError("deprecate_patch() needs a non-empty change id")
+    ctx = active_workflow()
+    if ctx is None:
+        return
+    ctx.check()
+    rec = ctx.recorded.get(ctx.next_step)
+    if rec is not None and rec.get("name") == PATCH_PREFIX + change_id:
+        ctx.take_step()
+    ctx.patches[change_id] = True
 
 
 # -- durable sleep, messages, events ---------------------------------------------
@@ -635,7 +704,9 @@ def step_idempotency_key() -> str:
 
 __all__ = [
     "child_result",
+    "deprecate_patch",
     "get_event",
+    "patched",
     "recv",
     "run_workflow",
     "set_event",

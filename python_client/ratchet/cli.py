@@ -2,35 +2,65 @@
 
 Connection settings work like libpq tools: ``--dsn``, else
 ``RATCHET_DATABASE_URL``, else ``DATABASE_URL``, else the ``PG*`` variables.
-Output is a human-readable table; ``--json`` prints JSON for scripts.
+Output is a human-readable table; ``--json`` prints JSON for scripts. Every
+command goes through :class:`ratchet.App`'s methods.
+
+Exit codes (see :data:`EXIT_CODES`): 0 success, 1 error, 2 usage error, 3 no
+such workflow/schedule, 4 the awaited workflow failed, was cancelled or is
+dead, 5 timed out waiting, 130 interrupted, 141 output pipe closed.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import logging
 import os
 import re
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg.rows import dict_row
 
-from ._db import configure_connection, resolve_dsn
-from ._errors import RatchetError, translate
+from ._db import resolve_dsn
+from ._errors import RatchetError, WorkflowCancelled, WorkflowFailed, WorkflowNotFound
+from ._json import decode_input
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from ._app import App
+    from ._records import WorkflowStatus
+
+__all__ = ["EXIT_CODES", "main"]
 
 _ENDED = ("succeeded", "failed", "cancelled", "dead")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_WORKFLOW_FAILED, EXIT_TIMEOUT = range(6)
+EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141
+
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_ERROR: "error (database, connection, rejected input, nothing to do)",
+    EXIT_USAGE: "usage error (bad options or arguments)",
+    EXIT_NOT_FOUND: "no such workflow or schedule",
+    EXIT_WORKFLOW_FAILED: "the awaited workflow failed, is dead or was cancelled",
+    EXIT_TIMEOUT: "timed out waiting for the workflow",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+    EXIT_BROKEN_PIPE: "the output pipe was closed (e.g. `ratchet ls | head`)",
+}
 
 
 class CliError(Exception):
     """An error to print without a traceback."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        self.code = code
+        super().__init__(message)
 
 
 # -- output helpers --------------------------------------------------------------
@@ -103,33 +133,6 @@ def _json_arg(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
 
 
-# -- database helpers ------------------------------------------------------------
-
-
-def _connect(args: argparse.Namespace) -> psycopg.Connection[dict[str, Any]]:
-    try:
-        conn = psycopg.connect(resolve_dsn(args.dsn), autocommit=True, row_factory=dict_row)
-        configure_connection(conn)
-        return conn
-    except psycopg.OperationalError as exc:
-        raise CliError(f"cannot connect to the database: {str(exc).strip()}\n"
-                       "(set --dsn, RATCHET_DATABASE_URL or DATABASE_URL)") from None
-
-
-def _query(args: argparse.Namespace, query: str, params: Any = None) -> list[dict[str, Any]]:
-    with _connect(args) as conn:
-        try:
-            return conn.execute(query, params).fetchall()
-        except psycopg.Error as exc:
-            mapped = translate(exc)
-            if mapped is not None:
-                raise CliError(str(mapped)) from None
-            if exc.sqlstate == "3F000":  # invalid_schema_name
-                raise CliError("ratchet is not installed in this database: run "
-                               "`ratchet install`") from None
-            raise
-
-
 # -- commands ---------------------------------------------------------------------
 
 
@@ -178,47 +181,233 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_start(args: argparse.Namespace) -> int:
-    rows = _query(args, """select ratchet.start_workflow(
-        name => %s::text, input => %s::jsonb, workflow_id => %s::text, queue => %s::text,
-        priority => %s::int,
-        start_at => ratchet.now() + %s::float8 * interval '1 second') as workflow_id""",
-                  (args.name, json.dumps(args.input), args.id, args.queue, args.priority,
-                   args.delay))
-    workflow_id = rows[0]["workflow_id"]
+# -- the app and error messages ----------------------------------------------------
+
+
+@contextmanager
+def _app(args: argparse.Namespace) -> Iterator[App]:
+    from ._app import App
+
+    app = App(resolve_dsn(args.dsn), pool_size=2, poll_interval=0.5)
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+# SQL-level hints in RT errors, said as the CLI command that does the same.
+_HINTS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
+    (re.compile(r"select ratchet\.create_queue\('((?:[^']|'')*)'\)"),
+     lambda m: f"ratchet queue create {m.group(1)}"),
+    (re.compile(r"select ratchet\.fork\('((?:[^']|'')*)', from_step => (\d+)\)"),
+     lambda m: f"ratchet fork {m.group(1)} --from-step {m.group(2)}"),
+    (re.compile(r"select workflow_id from ratchet\.workflows[^;)]*"),
+     lambda m: "ratchet ls"),
+]
+
+
+def cli_hint(hint: str) -> str:
+    """A database hint with SQL calls replaced by the equivalent CLI command."""
+    for pattern, repl in _HINTS:
+        hint = pattern.sub(repl, hint)
+    return hint
+
+
+def describe(exc: BaseException) -> str:
+    """One clear line for an error: the database's message and hint (in CLI
+    terms) for RT errors, the exception's text otherwise."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, psycopg.Error) else exc
+    if isinstance(cause, psycopg.Error) and cause.sqlstate and \
+            cause.sqlstate.startswith("RT"):
+        msg = cause.diag.message_primary or str(cause).strip()
+        if cause.diag.message_hint:
+            msg = f"{msg}\nhint: {cli_hint(cause.diag.message_hint)}"
+        return msg
+    return str(exc)
+
+
+def _db_error(exc: psycopg.Error) -> CliError:
+    if isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
+        return CliError(f"cannot connect to the database: {str(exc).strip()}\n"
+                        "hint: set --dsn, RATCHET_DATABASE_URL or DATABASE_URL")
+    if exc.sqlstate in ("3F000", "42P01", "42883"):  # no schema, table or function
+        return CliError("ratchet is not installed in this database (or is an older "
+                        "version)\nhint: run `ratchet install`")
+    if exc.sqlstate == "42501":
+        return CliError(f"permission denied: {exc.diag.message_primary}\n"
+                        "hint: connect as a role granted ratchet_client (docs/python.md)")
+    return CliError(f"database error: {str(exc).strip()}")
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     if args.json:
-        _print_json({"workflow_id": workflow_id})
+        _print_json(data)
     else:
-        print(workflow_id)
-    return 0
+        print(text)
+
+
+def _record(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
+
+
+# -- human formats -----------------------------------------------------------------
+
+
+def human_duration(value: timedelta | float | None) -> str:
+    """``1h 5m``, ``42s``, ``350ms``; empty for None."""
+    if value is None:
+        return ""
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    sign = "-" if seconds < 0 else ""
+    seconds = abs(seconds)
+    if seconds < 1:
+        return f"{sign}{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{sign}{seconds:.0f}s" if seconds >= 10 else f"{sign}{seconds:.1f}s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        n, seconds = divmod(seconds, size)
+        if n >= 1:
+            parts.append(f"{int(n)}{unit}")
+    return sign + " ".join(parts[:2])
+
+
+def _until(when: datetime | None, now: datetime) -> str:
+    if when is None:
+        return ""
+    if when.year > 9000:
+        return "no time limit"
+    return f"in {human_duration(when - now)}" if when > now else "now"
+
+
+def _waiting_cell(st: WorkflowStatus | None, now: datetime) -> str:
+    if st is None or st.waiting_for is None:
+        if st is not None and st.status == "running" and st.running_step is not None:
+            return f"step #{st.running_step}"
+        return ""
+    what = {"sleep": "sleep", "message": "message", "child": "child", "start_at": "start",
+            "paused_queue": "paused queue", "worker": "a worker"}.get(st.waiting_for,
+                                                                     st.waiting_for)
+    if st.waiting_for == "message":
+        what += f" {st.wait_key!r}" if st.wait_key else ""
+    elif st.waiting_for == "child":
+        what += f" {st.wait_key}"
+    if st.wake_at is not None and st.waiting_for in ("sleep", "start_at", "message") \
+            and st.wake_at.year < 9000:
+        what += f" ({_until(st.wake_at, now)})"
+    return str(what)
+
+
+def _error_cell(error: Any) -> str:
+    if not error:
+        return ""
+    return f"{error.get('type', '')}: {error.get('message', '')}"
+
+
+# -- commands ---------------------------------------------------------------------
+
+
+def _start_input(value: Any) -> tuple[list[Any], dict[str, Any]]:
+    if not isinstance(value, (dict, list)):
+        raise CliError('--input must be a JSON object ({"args": [...], "kwargs": {...}}, or '
+                       "keyword arguments) or an array of positional arguments",
+                       EXIT_USAGE)
+    return decode_input(value)
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    posargs, kwargs = _start_input(args.input)
+    with _app(args) as app:
+        workflow_id = app._start(args.name, posargs, kwargs, workflow_id=args.id,
+                                 queue=args.queue, priority=args.priority, delay=args.delay)
+        if not args.wait:
+            _emit(args, {"workflow_id": workflow_id}, workflow_id)
+            return EXIT_OK
+        handle = app.retrieve(workflow_id)
+        if not args.json:
+            print(workflow_id, file=sys.stderr)
+        try:
+            output = handle.result(timeout=args.timeout)
+        except WorkflowCancelled:
+            _emit(args, {"workflow_id": workflow_id, "status": "cancelled"},
+                  f"workflow {workflow_id} was cancelled")
+            return EXIT_WORKFLOW_FAILED
+        except WorkflowFailed as exc:
+            _emit(args, {"workflow_id": workflow_id, "status": exc.status, "error": exc.error},
+                  f"workflow {workflow_id} {exc.status}: {exc.type}: {exc.message}")
+            return EXIT_WORKFLOW_FAILED
+        except TimeoutError:
+            raise CliError(f"workflow {workflow_id} did not end within {args.timeout} s "
+                           f"(status {handle.status()})\nhint: ratchet show {workflow_id}",
+                           EXIT_TIMEOUT) from None
+    _emit(args, {"workflow_id": workflow_id, "status": "succeeded", "output": output},
+          json.dumps(output))
+    return EXIT_OK
+
+
+def _watch(args: argparse.Namespace, render: Callable[[], tuple[str, bool]]) -> int:
+    """Print ``render()`` every ``--watch`` seconds until it says it is done or
+    the user presses Ctrl-C. On a terminal each frame replaces the last."""
+    tty = sys.stdout.isatty()
+    try:
+        while True:
+            text, done = render()
+            if tty:
+                sys.stdout.write("\x1b[H\x1b[2J")
+            print(text, flush=True)
+            if done:
+                return EXIT_OK
+            if not tty:
+                print("", flush=True)
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _ls_frame(args: argparse.Namespace, app: App) -> tuple[str, Any]:
+    created_after = None
+    if args.since is not None:
+        now = app._db.fetchone("select ratchet.now() as t")
+        assert now is not None
+        created_after = now["t"] - timedelta(seconds=args.since)
+    rows = app.list_workflows(status=args.status, name=args.name, queue=args.queue,
+                              parent_id=args.parent, created_after=created_after,
+                              limit=args.limit + 1, offset=args.offset)
+    truncated = len(rows) > args.limit
+    rows = rows[: args.limit]
+    statuses = app.workflow_statuses([w.workflow_id for w in rows])
+    now_row = app._db.fetchone("select ratchet.now() as t")
+    assert now_row is not None
+    now = now_row["t"]
+    if args.json:
+        return "", {"workflows": [dict(_record(w), waiting_for=_record(statuses.get(
+            w.workflow_id))) for w in rows], "truncated": truncated}
+    if not rows:
+        return "no workflows", None
+    table = [{"workflow_id": w.workflow_id, "name": w.name, "queue": w.queue,
+              "status": w.status, "attempts": w.attempts, "created_at": w.created_at,
+              "waiting_for": _waiting_cell(statuses.get(w.workflow_id), now),
+              "error": _error_cell(w.error)} for w in rows]
+    text = _table(table, ["workflow_id", "name", "queue", "status", "attempts",
+                          "created_at", "waiting_for", "error"])
+    if truncated:
+        text += (f"\n(showing {len(rows)} workflows from offset {args.offset}; more match: "
+                 f"use --limit or --offset {args.offset + len(rows)})")
+    return text, None
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    where, params = [], []
-    for column, value in (("status", args.status), ("queue", args.queue), ("name", args.name)):
-        if value:
-            where.append(f"w.{column} = any(%s::text[])")
-            params.append(value)
-    if args.since is not None:
-        where.append("w.created_at >= ratchet.now() - %s::float8 * interval '1 second'")
-        params.append(args.since)
-    if args.parent:
-        where.append("w.parent_id = %s")
-        params.append(args.parent)
-    query = ("select w.workflow_id, w.name, w.queue, w.status, w.attempts, w.created_at, "
-             "w.ended_at, w.start_at, w.worker_id, w.parent_id from ratchet.workflows w"
-             + (" where " + " and ".join(where) if where else "")
-             + " order by w.created_at desc, w.workflow_id limit %s")
-    params.append(args.limit)
-    rows = _query(args, query, params)
+    with _app(args) as app:
+        if args.watch:
+            return _watch(args, lambda: (_ls_frame(args, app)[0], False))
+        text, data = _ls_frame(args, app)
     if args.json:
-        _print_json(rows)
-    elif not rows:
-        print("no workflows")
+        _print_json(data)
     else:
-        print(_table(rows, ["workflow_id", "name", "queue", "status", "attempts",
-                            "created_at", "ended_at"]))
-    return 0
+        print(text)
+    return EXIT_OK
 
 
 def _step_line(step: dict[str, Any], origin: datetime | None) -> str:
@@ -234,116 +423,205 @@ def _step_line(step: dict[str, Any], origin: datetime | None) -> str:
             f"run {step.get('run_id')}  {what}")
 
 
-def cmd_show(args: argparse.Namespace) -> int:
-    with _connect(args) as conn:
-        try:
-            wf = conn.execute("select * from ratchet.get_workflow(workflow_id => %s::text)",
-                              (args.id,)).fetchone()
-            steps = conn.execute("select * from ratchet.get_steps(workflow_id => %s::text)",
-                                 (args.id,)).fetchall()
-            children = conn.execute(
-                "select workflow_id, name, status, created_at, ended_at from ratchet.workflows "
-                "where parent_id = %s order by created_at, workflow_id", (args.id,)).fetchall()
-        except psycopg.Error as exc:
-            mapped = translate(exc)
-            if mapped is not None:
-                raise CliError(str(mapped)) from None
-            raise
-    assert wf is not None
+def _show_frame(args: argparse.Namespace, app: App) -> tuple[str, Any, bool]:
+    wf = app.get_workflow(args.id)
+    st = app.workflow_status(args.id)
+    steps = app.get_steps(args.id)
+    children = app.list_workflows(parent_id=args.id, limit=1000)
+    ended = wf.ended
     if args.json:
-        _print_json({"workflow": wf, "steps": steps, "children": children})
-        return 0
-    print(f"workflow  {wf['workflow_id']}")
-    print(f"name      {wf['name']}   queue {wf['queue']}   priority {wf.get('priority')}")
-    print(f"status    {wf['status']}   attempts {wf.get('attempts')}/{wf.get('max_attempts')}")
-    for label, key in (("created", "created_at"), ("started", "started_at"),
-                       ("ended", "ended_at")):
-        if wf.get(key) is not None:
-            print(f"{label:<9} {_fmt_time(wf[key])}")
-    if wf["status"] == "enqueued" and wf.get("start_at") is not None:
-        waiting = f" (waiting for {wf['wait_for']} {wf.get('wait_key') or ''})" \
-            if wf.get("wait_for") else ""
-        print(f"wakes     {_fmt_time(wf['start_at'])}{waiting}")
-    if wf["status"] == "running":
-        print(f"worker    {wf.get('worker_id')}   run {wf.get('run_id')}   lease until "
-              f"{_fmt_time(wf.get('lease_expires_at'))}")
-    if wf.get("deadline") is not None:
-        print(f"deadline  {_fmt_time(wf['deadline'])}")
-    if wf.get("parent_id"):
-        print(f"parent    {wf['parent_id']}")
-    if wf.get("forked_from"):
-        print(f"forked    from {wf['forked_from']}")
-    print(f"input     {_short(wf.get('input'), 100)}")
-    if wf["status"] == "succeeded":
-        print(f"output    {_short(wf.get('output'), 100)}")
-    if wf.get("error") is not None:
-        err = wf["error"]
-        print(f"error     {err.get('type', '')}: {_short(err.get('message', ''), 100)}")
-    origin = wf.get("started_at") or wf.get("created_at")
-    print(f"\nsteps ({len(steps)})")
+        return "", {"workflow": _record(wf), "status": _record(st),
+                    "steps": [_record(s) for s in steps],
+                    "children": [{"workflow_id": c.workflow_id, "name": c.name,
+                                  "status": c.status, "created_at": c.created_at,
+                                  "ended_at": c.ended_at} for c in children]}, ended
+    out = [f"workflow  {wf.workflow_id}",
+           f"name      {wf.name}   queue {wf.queue}   priority {wf.priority}",
+           f"status    {wf.status}   attempts {wf.attempts}/{wf.max_attempts}"]
+    for label, value in (("created", wf.created_at), ("started", wf.started_at),
+                         ("ended", wf.ended_at)):
+        if value is not None:
+            out.append(f"{label:<9} {_fmt_time(value)}")
+    if st.status == "running":
+        out.append(f"running   step #{st.running_step} on {wf.worker_id}   run {wf.run_id}   "
+                   f"lease until {_fmt_time(wf.lease_expires_at)}")
+    elif st.waiting_for is not None:
+        out.append(f"waiting   {st.reason}")
+        if st.wake_at is not None and st.wake_at.year < 9000:
+            out.append(f"wakes     {_fmt_time(st.wake_at)}")
+    if wf.deadline is not None:
+        out.append(f"deadline  {_fmt_time(wf.deadline)}")
+    if wf.parent_id:
+        out.append(f"parent    {wf.parent_id}")
+    if wf.forked_from:
+        out.append(f"forked    from {wf.forked_from}")
+    out.append(f"input     {_short(wf.input, 100)}")
+    if wf.status == "succeeded":
+        out.append(f"output    {_short(wf.output, 100)}")
+    if wf.error is not None:
+        out.append(f"error     {_error_cell(wf.error)}")
+        where = wf.error.get("step")
+        if where:
+            out.append(f"          in step {where!r} (#{wf.error.get('step_id')})")
+        tb = wf.error.get("traceback")
+        if tb:
+            out.append("traceback")
+            out.extend("  " + line for line in str(tb).rstrip().splitlines())
+    origin = wf.started_at or wf.created_at
+    out.append(f"\nsteps ({len(steps)})")
     if not steps:
-        print("  (none recorded)")
+        out.append("  (none recorded)")
     for step in steps:
-        print(_step_line(step, origin))
+        out.append(_step_line(dataclasses.asdict(step), origin))
+    if st.status == "running":
+        out.append(f"  #{st.running_step:<3} {'':>10}  (running now)")
     if children:
-        print(f"\nchildren ({len(children)})")
+        out.append(f"\nchildren ({len(children)})")
         for child in children:
-            print(f"  {child['workflow_id']}  {child['name']}  {child['status']}")
-    return 0
+            out.append(f"  {child.workflow_id}  {child.name}  {child.status}")
+    return "\n".join(out), None, ended
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with _app(args) as app:
+        if args.watch:
+            def frame() -> tuple[str, bool]:
+                text, data, done = _show_frame(args, app)
+                return (str(json.dumps(_jsonable(data))) if args.json else text), done
+            return _watch(args, frame)
+        text, data, _ = _show_frame(args, app)
+    if args.json:
+        _print_json(data)
+    else:
+        print(text)
+    return EXIT_OK
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    rows = _query(args, "select ratchet.cancel(workflow_id => %s::text) as cancelled",
-                  (args.id,))
-    n = rows[0]["cancelled"]
-    if args.json:
-        _print_json({"workflow_id": args.id, "cancelled": n})
-    else:
-        print(f"cancelled {n} workflow(s)")
-    return 0
+    with _app(args) as app:
+        wf = app.get_workflow(args.id)
+        if wf.ended:
+            raise CliError(f"workflow {args.id} already ended ({wf.status}); nothing to "
+                           "cancel" + (f"\nhint: ratchet resume {args.id}"
+                                       if wf.status != "succeeded" else ""))
+        n = app.cancel(args.id)
+    _emit(args, {"workflow_id": args.id, "cancelled": n}, f"cancelled {n} workflow(s)")
+    return EXIT_OK
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    _query(args, "select ratchet.resume(workflow_id => %s::text)", (args.id,))
-    if args.json:
-        _print_json({"workflow_id": args.id, "resumed": True})
-    else:
-        print(f"resumed {args.id}")
-    return 0
+    with _app(args) as app:
+        app.resume(args.id)
+    _emit(args, {"workflow_id": args.id, "resumed": True}, f"resumed {args.id}")
+    return EXIT_OK
 
 
 def cmd_fork(args: argparse.Namespace) -> int:
-    rows = _query(args, "select ratchet.fork(workflow_id => %s::text, from_step => %s::int, "
-                  "new_workflow_id => %s::text) as workflow_id",
-                  (args.id, args.from_step, args.new_id))
-    new_id = rows[0]["workflow_id"]
-    if args.json:
-        _print_json({"workflow_id": new_id, "forked_from": args.id})
-    else:
-        print(new_id)
-    return 0
+    with _app(args) as app:
+        new_id = app.fork(args.id, args.from_step, args.new_id).workflow_id
+    _emit(args, {"workflow_id": new_id, "forked_from": args.id}, new_id)
+    return EXIT_OK
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    rows = _query(args, "select ratchet.send(destination_id => %s::text, message => %s::jsonb, "
-                  "topic => %s::text, idempotency_key => %s::text) as message_id",
-                  (args.id, json.dumps(args.message), args.topic, args.idempotency_key))
-    if args.json:
-        _print_json({"message_id": rows[0]["message_id"]})
-    else:
-        print(rows[0]["message_id"])
-    return 0
+    with _app(args) as app:
+        message_id = app.send(args.id, args.message, topic=args.topic,
+                              idempotency_key=args.idempotency_key)
+    _emit(args, {"message_id": message_id}, str(message_id))
+    return EXIT_OK
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
 
 
 def cmd_queues(args: argparse.Namespace) -> int:
-    rows = _query(args, "select * from ratchet.queue_stats order by 1")
+    with _app(args) as app:
+        queues = app.list_queues()
     if args.json:
-        _print_json(rows)
-    elif not rows:
+        _print_json([_record(q) for q in queues])
+        return EXIT_OK
+    if not queues:
         print("no queues")
+        return EXIT_OK
+    rows = [{"queue": q.queue, "paused": _yes(q.paused),
+             "concurrency": q.concurrency or "-", "per_worker": q.worker_concurrency or "-",
+             "rate_limit": f"{q.rate_limit}/{human_duration(q.rate_period)}"
+             if q.rate_limit else "-",
+             "due": q.enqueued_due, "waiting": q.enqueued_waiting, "running": q.running,
+             "expired_leases": q.running_lease_expired,
+             "oldest_due": human_duration(q.oldest_due_age) if q.oldest_due_age else "-"}
+            for q in queues]
+    print(_table(rows, list(rows[0])))
+    return EXIT_OK
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    with _app(args) as app:
+        if args.action == "create":
+            app.create_queue(args.name, concurrency=args.concurrency,
+                             worker_concurrency=args.worker_concurrency,
+                             rate_limit=args.rate_limit, rate_period=args.rate_period)
+            done = "created"
+        elif args.action == "pause":
+            app.pause_queue(args.name)
+            done = "paused"
+        else:
+            app.resume_queue(args.name)
+            done = "resumed"
+    _emit(args, {"queue": args.name, "result": done}, f"queue {args.name} {done}")
+    return EXIT_OK
+
+
+def cmd_schedules(args: argparse.Namespace) -> int:
+    with _app(args) as app:
+        schedules = app.list_schedules()
+        now_row = app._db.fetchone("select ratchet.now() as t")
+    assert now_row is not None
+    if args.json:
+        _print_json([_record(x) for x in schedules])
+    elif not schedules:
+        print("no schedules")
     else:
-        print(_table(rows, list(rows[0].keys())))
-    return 0
+        print(_table([{"name": x.name, "cron": x.cron, "timezone": x.timezone,
+                       "workflow": x.workflow_name, "queue": x.queue,
+                       "next_fire": f"{_fmt_time(x.next_fire_at)} "
+                                    f"({_until(x.next_fire_at, now_row['t'])})",
+                       "last_fired": _fmt_time(x.last_fired_at),
+                       "last_workflow": x.last_workflow_id} for x in schedules],
+                     ["name", "cron", "timezone", "workflow", "queue", "next_fire",
+                      "last_fired", "last_workflow"]))
+    return EXIT_OK
+
+
+def cmd_unschedule(args: argparse.Namespace) -> int:
+    with _app(args) as app:
+        removed = app.unschedule(args.name)
+    if not removed:
+        raise CliError(f"no schedule named {args.name!r}\nhint: ratchet schedules",
+                       EXIT_NOT_FOUND)
+    _emit(args, {"schedule": args.name, "removed": True}, f"removed schedule {args.name}")
+    return EXIT_OK
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    with _app(args) as app:
+        workers = app.list_workers()
+        now_row = app._db.fetchone("select ratchet.now() as t")
+    assert now_row is not None
+    now = now_row["t"]
+    if args.json:
+        _print_json([_record(w) for w in workers])
+    elif not workers:
+        print("no live workers (a worker shows here while it runs a workflow)")
+    else:
+        print(_table([{"worker_id": w.worker_id, "running": w.running,
+                       "queues": ",".join(w.queues),
+                       "last_heartbeat": f"{human_duration(now - w.last_heartbeat)} ago",
+                       "lease": "EXPIRED" if w.expired
+                       else f"until {_fmt_time(w.lease_expires_at)}"} for w in workers],
+                     ["worker_id", "running", "queues", "last_heartbeat", "lease"]))
+    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -380,9 +658,13 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print JSON instead of tables")
 
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="ratchet", parents=[common],
-        description="Durable workflows in PostgreSQL: install, run workers, inspect workflows.")
+        description="Durable workflows in PostgreSQL: install, run workers, inspect workflows.",
+        epilog="exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()))
+    parser.add_argument("--version", action="version", version=f"ratchet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
@@ -425,6 +707,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue", default="default")
     p.add_argument("--priority", type=int, default=0)
     p.add_argument("--delay", type=_duration, default=None, help="start after, e.g. 10m")
+    p.add_argument("--wait", action="store_true",
+                   help="wait for the workflow to end and print its output (exit 4 if it "
+                        "fails or is cancelled)")
+    p.add_argument("--timeout", type=_duration, default=None,
+                   help="with --wait: give up after this long (exit 5), e.g. 30s")
     p.set_defaults(func=cmd_start)
 
     p = add("ls", "list workflows, newest first")
@@ -435,11 +722,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parent", help="only children of this workflow")
     p.add_argument("--since", type=_duration, default=None,
                    help="created within, e.g. 30m, 1h, 2d")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=_count, default=50, help="rows to show (default 50)")
+    p.add_argument("--offset", type=_count, default=0, help="rows to skip (default 0)")
+    _watch_option(p)
     p.set_defaults(func=cmd_ls)
 
-    p = add("show", "a workflow, its steps as a timeline, and its children")
+    p = add("show", "a workflow: why it waits, the step running now, its steps as a "
+                    "timeline, its error with traceback, and its children")
     p.add_argument("id")
+    _watch_option(p, " (stops when the workflow ends)")
     p.set_defaults(func=cmd_show)
 
     p = add("cancel", "cancel a workflow and its children")
@@ -476,25 +767,95 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between the shared change polls for live updates (default 1)")
     p.set_defaults(func=cmd_ui)
 
+    p = add("queue", "create, pause or resume a queue")
+    qsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = qsub.add_parser("create", help="create or reconfigure a queue", parents=[common])
+    q.add_argument("name")
+    q.add_argument("--concurrency", type=_count, default=None,
+                   help="running workflows at most, across workers")
+    q.add_argument("--worker-concurrency", type=_count, default=None,
+                   help="running workflows at most per worker")
+    q.add_argument("--rate-limit", type=_count, default=None,
+                   help="claims at most per --rate-period")
+    q.add_argument("--rate-period", type=_duration, default=None, help="e.g. 1m")
+    for action, help_ in (("pause", "stop workers from claiming on a queue"),
+                          ("resume", "let workers claim on a queue again")):
+        q = qsub.add_parser(action, help=help_, parents=[common])
+        q.add_argument("name")
+    p.set_defaults(func=cmd_queue)
+
+    p = add("schedules", "cron schedules with their next and last firing")
+    p.set_defaults(func=cmd_schedules)
+
+    p = add("unschedule", "remove a cron schedule (exit 3 if there is none)")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_unschedule)
+
+    p = add("workers", "live workers (those running workflows) with their last heartbeat")
+    p.set_defaults(func=cmd_workers)
+
     p = add("demo", "kill a worker with SIGKILL mid-workflow and watch another finish it, "
                     "every step exactly once (starts a throwaway PostgreSQL without --dsn)")
     p.set_defaults(func=cmd_demo)
     return parser
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def _watch_option(p: argparse.ArgumentParser, extra: str = "") -> None:
+    p.add_argument("--watch", "-w", nargs="?", type=_duration, const=2.0, default=None,
+                   metavar="SECONDS",
+                   help=f"refresh every SECONDS (default 2) until Ctrl-C{extra}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        status: int = args.func(args)
+        return status
+    except CliError as exc:
+        print(f"ratchet: error: {exc}", file=sys.stderr)
+        return exc.code
+    except WorkflowNotFound as exc:
+        print(f"ratchet: error: {describe(exc)}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except RatchetError as exc:
+        print(f"ratchet: error: {describe(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except psycopg.Error as exc:
+        print(f"ratchet: error: {_db_error(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:  # e.g. the pool could not connect
+        if type(exc).__name__ == "PoolTimeout":
+            print(f"ratchet: error: cannot connect to the database: {exc}\n"
+                  "hint: set --dsn, RATCHET_DATABASE_URL or DATABASE_URL", file=sys.stderr)
+            return EXIT_ERROR
+        raise
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``ratchet`` command; returns the exit status."""
+    """Entry point of the ``ratchet`` command; returns the exit status (see
+    :data:`EXIT_CODES`)."""
     args = build_parser().parse_args(argv)
     args.dsn = getattr(args, "dsn", None)
     args.json = getattr(args, "json", False)
     try:
-        status: int = args.func(args)
-        return status
-    except (CliError, RatchetError) as exc:
-        print(f"ratchet: error: {exc}", file=sys.stderr)
-        return 1
-    except psycopg.Error as exc:
-        print(f"ratchet: database error: {str(exc).strip()}", file=sys.stderr)
-        return 1
+        return _run(args)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `ratchet ls | head`: the reader is gone. Say nothing, and keep
+        # Python from complaining again when it flushes stdout at exit.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except OSError:
+            pass
+        return EXIT_BROKEN_PIPE
