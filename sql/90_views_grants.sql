@@ -73,11 +73,15 @@ grant execute on function
   ratchet.tick()
   to ratchet_worker;
 
+-- retention batches: workers run them on a timer, operators by hand
+grant execute on function ratchet.maintain(int) to ratchet_worker, ratchet_client;
+
 -- management
 grant execute on function
   ratchet.cancel(text), ratchet.resume(text), ratchet.fork(text, int, text),
   ratchet.create_queue(text, int, int, int, interval),
   ratchet.pause_queue(text), ratchet.resume_queue(text),
   ratchet.schedule(text, text, text, jsonb, text, text), ratchet.unschedule(text),
-  ratchet.list_schedules(), ratchet.purge(interval, int)
+  ratchet.list_schedules(), ratchet.purge(interval, int, text, text),
+  ratchet.set_retention(text, text, interval)
   to ratchet_client;

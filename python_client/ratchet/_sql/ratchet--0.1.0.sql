@@ -172,6 +172,12 @@ create table ratchet.queues (
   rate_period        interval check (rate_period > interval '0'),
   paused             boolean not null default false,
   created_at         timestamptz not null default pg_catalog.now(),
+  -- retention: how long ended workflows stay (NULL keeps them forever).
+  -- Failed and dead ones can still be resumed, so they stay longer.
+  keep_succeeded     interval default interval '7 days' check (keep_succeeded >= interval '0'),
+  keep_failed        interval default interval '30 days' check (keep_failed >= interval '0'),
+  keep_cancelled     interval default interval '7 days' check (keep_cancelled >= interval '0'),
+  keep_dead          interval default interval '30 days' check (keep_dead >= interval '0'),
   check ((rate_limit is null) = (rate_period is null))
 );
 
@@ -242,8 +248,9 @@ create index workflows_deadline_idx on ratchet.workflows (deadline)
 -- Children of a workflow (cancel cascades, `ratchet show`).
 create index workflows_parent_idx on ratchet.workflows (parent_id)
   where parent_id is not null;
--- purge() and "recently ended" listings.
-create index workflows_ended_idx on ratchet.workflows (ended_at)
+-- Retention (maintain(), purge()): ended workflows of a queue and status,
+-- oldest first; one range scan per (queue, status) finds what is due.
+create index workflows_ended_idx on ratchet.workflows (queue, status, ended_at)
   where ended_at is not null;
 -- Operator listings (`ratchet ls`) newest first.
 create index workflows_created_idx on ratchet.workflows (created_at);
@@ -301,14 +308,19 @@ create table ratchet.messages (
 );
 
 comment on table ratchet.messages is
-  'Messages sent to workflows. Consumed ones stay (consumed_at) until purge(), so a '
-  'sender retrying with the same idempotency_key never delivers twice.';
+  'Messages sent to workflows. Consumed ones stay (consumed_at) for the retention period '
+  'of the destination''s queue, so a sender retrying with the same idempotency_key within '
+  'it never delivers twice; they go with their workflow in any case.';
 
 -- recv(): oldest pending message of a destination and topic.
 create index messages_pending_idx on ratchet.messages (destination_id, topic, message_id)
   where consumed_at is null;
 create unique index messages_idempotency_idx on ratchet.messages (destination_id, idempotency_key)
   where idempotency_key is not null;
+-- Retention: the messages of a workflow being deleted, and consumed ones by age.
+create index messages_destination_idx on ratchet.messages (destination_id);
+create index messages_consumed_idx on ratchet.messages (consumed_at)
+  where consumed_at is not null;
 
 create table ratchet.events (
   workflow_id text not null,
@@ -1565,7 +1577,10 @@ begin
   if p_idempotency_key is not null then
     perform ratchet._check_name(p_idempotency_key, 'idempotency_key');
   end if;
-  if not exists (select 1 from ratchet.workflows w where w.workflow_id = p_destination_id) then
+  -- FOR KEY SHARE: retention cannot delete the destination under this send
+  -- (that would leave a message nobody deletes); workers' updates still pass.
+  if not exists (select 1 from ratchet.workflows w where w.workflow_id = p_destination_id
+                 for key share) then
     perform ratchet._raise('RT004', pg_catalog.format('unknown destination workflow "%s"', p_destination_id),
       'messages go to an existing workflow_id');
   end if;
@@ -2540,10 +2555,13 @@ $$;
 comment on function ratchet.fork(text, int, text) is
   'Start a copy of a workflow that keeps the checkpoints of steps before from_step.';
 
--- purge: delete ended workflows older than older_than, with their steps,
--- events and messages, at most max_rows workflows per call (call it again
--- while it returns max_rows). Returns how many workflows were deleted.
-create function ratchet.purge(older_than interval, max_rows int default 10000)
+-- purge: delete ended workflows older than older_than (of one queue and/or
+-- status if given), with their steps, events and messages, at most max_rows
+-- workflows per call (call it again while it returns max_rows). A child goes
+-- after its parent. Returns how many workflows were deleted. Automatic
+-- retention is maintain() (85_retention.sql), which deletes the same way.
+create function ratchet.purge(older_than interval, max_rows int default 10000,
+                              queue text default null, status text default null)
 returns bigint
 language plpgsql
 security definer
@@ -2553,7 +2571,14 @@ as $$
 declare
   p_older_than alias for $1;
   p_max_rows   alias for $2;
-  v_ids text[];
+  p_queue      alias for $3;
+  p_status     alias for $4;
+  v_before timestamptz;
+  v_queue  text;
+  v_status text;
+  v_ids    text[];
+  v_pass   bigint;
+  v_total  bigint := 0;
 begin
   if p_older_than is null or p_older_than < interval '0' or p_older_than > interval '100 years' then
     perform ratchet._raise('RT005', 'older_than must be between 0 and 100 years',
@@ -2562,27 +2587,268 @@ begin
   if p_max_rows is null or p_max_rows < 1 then
     perform ratchet._raise('RT005', 'max_rows must be at least 1', 'e.g. max_rows => 10000');
   end if;
-  select pg_catalog.array_agg(w.workflow_id) into v_ids
-    from (select w.workflow_id from ratchet.workflows w
-           where w.ended_at < ratchet.now() - p_older_than
-             and w.status in ('succeeded', 'failed', 'cancelled', 'dead')
-           order by w.ended_at
-           limit p_max_rows
-           for update skip locked) w;
-  if v_ids is null then
-    return 0;
+  if p_queue is not null then
+    perform ratchet._check_queue(p_queue);
   end if;
-  delete from ratchet.steps s where s.workflow_id = any(v_ids);
-  delete from ratchet.events e where e.workflow_id = any(v_ids);
-  delete from ratchet.messages m where m.destination_id = any(v_ids);
-  delete from ratchet.workflows w where w.workflow_id = any(v_ids);
-  return pg_catalog.cardinality(v_ids);
+  if p_status is not null and p_status not in ('succeeded', 'failed', 'cancelled', 'dead') then
+    perform ratchet._raise('RT005',
+      pg_catalog.format('status must be succeeded, failed, cancelled or dead, got %L', p_status),
+      'only ended workflows are purged; pass NULL for all four');
+  end if;
+  v_before := ratchet.now() - p_older_than;
+  -- Passes until nothing more is due: a pass frees the children of the
+  -- parents it deleted for the next one.
+  loop
+    v_pass := 0;
+    for v_queue in select q.name from ratchet.queues q
+                    where p_queue is null or q.name = p_queue order by q.name loop
+      foreach v_status in array array['succeeded', 'cancelled', 'failed', 'dead'] loop
+        continue when p_status is not null and v_status <> p_status;
+        exit when v_total + v_pass >= p_max_rows;
+        v_ids := ratchet._due_workflows(v_queue, v_status, v_before,
+                                        (p_max_rows - v_total - v_pass)::int);
+        continue when v_ids is null;
+        v_pass := v_pass + (ratchet._delete_workflows(v_ids)).workflows;
+      end loop;
+    end loop;
+    v_total := v_total + v_pass;
+    exit when v_pass = 0 or v_total >= p_max_rows;
+  end loop;
+  return v_total;
 end;
 $$;
 
-comment on function ratchet.purge(interval, int) is
+comment on function ratchet.purge(interval, int, text, text) is
   'Delete up to max_rows ended workflows (and their steps, events, messages) that ended '
-  'more than older_than ago. Returns the count; call again while it equals max_rows.';
+  'more than older_than ago, optionally of one queue and status. Returns the count; call '
+  'again while it equals max_rows.';
+
+-- ==== 85_retention.sql ====
+-- Retention: ended workflows, their steps, messages and events, consumed
+-- messages and stale rate-limit rows are deleted after a per-queue,
+-- per-status period (ratchet.queues.keep_*; NULL keeps forever).
+--
+-- There is no daemon: workers call maintain() on a timer (the Python worker
+-- every maintenance_interval seconds), pg_cron may call it too. Each call is
+-- one short transaction that deletes at most max_rows of each kind, takes
+-- rows with FOR UPDATE SKIP LOCKED (it never waits for a row a worker or an
+-- operator holds, and they wait at most for one batch), and runs only if it
+-- gets a transaction-level advisory lock, so concurrent maintainers skip
+-- instead of colliding.
+
+-- The one place that deletes workflows and every row that belongs to one.
+-- Callers pass ids they hold FOR UPDATE. Returns the counts deleted.
+create function ratchet._delete_workflows(
+  p_ids text[],
+  out workflows bigint, out steps bigint, out events bigint, out messages bigint)
+returns record
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  delete from ratchet.steps s where s.workflow_id = any(p_ids);
+  get diagnostics steps = row_count;
+  delete from ratchet.events e where e.workflow_id = any(p_ids);
+  get diagnostics events = row_count;
+  delete from ratchet.messages m where m.destination_id = any(p_ids);
+  get diagnostics messages = row_count;
+  delete from ratchet.workflows w where w.workflow_id = any(p_ids);
+  get diagnostics workflows = row_count;
+end;
+$$;
+
+comment on function ratchet._delete_workflows(text[]) is
+  'Internal: delete workflows with their steps, events and messages (used by purge and maintain).';
+
+-- Ended workflows of one queue and status that ended before p_before, oldest
+-- first, locked (skipping rows someone else holds). A child is kept while its
+-- parent exists: a parent that resumes or replays may still read its result.
+create function ratchet._due_workflows(p_queue text, p_status text, p_before timestamptz,
+                                       p_limit int)
+returns text[]
+language sql
+set search_path = pg_catalog, pg_temp
+as $$
+  select pg_catalog.array_agg(d.workflow_id)
+    from (select w.workflow_id from ratchet.workflows w
+           where w.queue = p_queue and w.status = p_status
+             and w.ended_at is not null and w.ended_at < p_before
+             and (w.parent_id is null or not exists (
+                   select 1 from ratchet.workflows p where p.workflow_id = w.parent_id))
+           order by w.ended_at
+           limit p_limit
+           for update of w skip locked) d
+$$;
+
+comment on function ratchet._due_workflows(text, text, timestamptz, int) is
+  'Internal: lock and return up to p_limit ended workflows of a queue and status that '
+  'ended before p_before (children of existing parents excluded).';
+
+-- The retention period of one status from a queue row.
+create function ratchet._keep(p_queue ratchet.queues, p_status text)
+returns interval
+language sql
+immutable
+set search_path = pg_catalog, pg_temp
+as $$
+  select case p_status
+           when 'succeeded' then p_queue.keep_succeeded
+           when 'failed'    then p_queue.keep_failed
+           when 'cancelled' then p_queue.keep_cancelled
+           when 'dead'      then p_queue.keep_dead
+         end
+$$;
+
+comment on function ratchet._keep(ratchet.queues, text) is
+  'Internal: the retention period (keep_<status>) of a queue for an end status.';
+
+-- set_retention: how long ended workflows of a queue and status are kept.
+create function ratchet.set_retention(queue text, status text, keep interval)
+returns void
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+#variable_conflict use_column
+declare
+  p_queue  alias for $1;
+  p_status alias for $2;
+  p_keep   alias for $3;
+begin
+  perform ratchet._check_queue(p_queue);
+  if p_status is null or p_status not in ('succeeded', 'failed', 'cancelled', 'dead', 'all') then
+    perform ratchet._raise('RT005',
+      pg_catalog.format('status must be succeeded, failed, cancelled, dead or all, got %L', p_status),
+      'retention applies to ended workflows: e.g. set_retention(''default'', ''failed'', ''90 days'')');
+  end if;
+  if p_keep < interval '0' or p_keep > interval '100 years' then
+    perform ratchet._raise('RT005', pg_catalog.format('keep must be between 0 and 100 years, got %s', p_keep),
+      'pass an interval such as ''7 days'', or NULL to keep forever');
+  end if;
+  update ratchet.queues q
+     set keep_succeeded = case when p_status in ('succeeded', 'all') then p_keep else q.keep_succeeded end,
+         keep_failed    = case when p_status in ('failed', 'all')    then p_keep else q.keep_failed end,
+         keep_cancelled = case when p_status in ('cancelled', 'all') then p_keep else q.keep_cancelled end,
+         keep_dead      = case when p_status in ('dead', 'all')      then p_keep else q.keep_dead end
+   where q.name = p_queue;
+end;
+$$;
+
+comment on function ratchet.set_retention(text, text, interval) is
+  'Keep ended workflows of a queue with this status (or all) for keep; NULL keeps them forever. '
+  'RT005 for an unknown queue, a status that is not an end state, or a negative keep.';
+
+-- maintain: one batch of retention. Deletes up to max_rows due workflows
+-- (with their rows), up to max_rows consumed messages past the destination
+-- queue's keep_succeeded, and stale rate-limit rows. Returns what it deleted;
+-- skipped is true (and nothing is done) when another session is maintaining.
+-- Call it again while workflows = max_rows to catch up.
+create function ratchet.maintain(max_rows int default 500)
+returns table (workflows bigint, steps bigint, events bigint, messages bigint,
+               queue_claims bigint, skipped boolean)
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+#variable_conflict use_column
+declare
+  p_max_rows alias for $1;
+  v_now    timestamptz := ratchet.now();
+  v_queue  ratchet.queues;
+  v_status text;
+  v_keep   interval;
+  v_ids    text[];
+  v_all    text[] := '{}';
+  v_del    record;
+  v_count  bigint;
+begin
+  if p_max_rows is null or p_max_rows < 1 or p_max_rows > 100000 then
+    perform ratchet._raise('RT005', pg_catalog.format('max_rows must be between 1 and 100000, got %s', p_max_rows),
+      'small batches keep locks short: e.g. maintain(max_rows => 500), called again while it returns 500');
+  end if;
+  workflows := 0; steps := 0; events := 0; messages := 0; queue_claims := 0;
+  -- 0x52415443 = 'RATC'; key 1 = maintain.
+  if not pg_catalog.pg_try_advisory_xact_lock(1380013123, 1) then
+    skipped := true;
+    return next;
+    return;
+  end if;
+  skipped := false;
+
+  <<queues>>
+  for v_queue in select * from ratchet.queues q order by q.name loop
+    foreach v_status in array array['succeeded', 'cancelled', 'failed', 'dead'] loop
+      v_keep := ratchet._keep(v_queue, v_status);
+      continue when v_keep is null;
+      v_ids := ratchet._due_workflows(v_queue.name, v_status, v_now - v_keep,
+                                      p_max_rows - pg_catalog.cardinality(v_all));
+      continue when v_ids is null;
+      v_all := v_all || v_ids;
+      exit queues when pg_catalog.cardinality(v_all) >= p_max_rows;
+    end loop;
+  end loop;
+  if pg_catalog.cardinality(v_all) > 0 then
+    v_del := ratchet._delete_workflows(v_all);
+    workflows := v_del.workflows; steps := v_del.steps;
+    events := v_del.events; messages := v_del.messages;
+  end if;
+
+  -- Consumed messages of workflows that live on (long-running receivers):
+  -- replay reads them from their recv step, so only idempotent re-sends need
+  -- them, within the destination queue's keep_succeeded.
+  delete from ratchet.messages m
+   where m.message_id in (
+     select c.message_id from ratchet.messages c
+      where c.consumed_at is not null
+        and c.consumed_at < v_now - coalesce(
+              (select q.keep_succeeded from ratchet.workflows w
+                 join ratchet.queues q on q.name = w.queue
+                where w.workflow_id = c.destination_id),
+              case when not exists (select 1 from ratchet.workflows w
+                                     where w.workflow_id = c.destination_id)
+                   then interval '0' end)
+      order by c.consumed_at
+      limit p_max_rows
+      for update skip locked);
+  get diagnostics v_count = row_count;
+  messages := messages + v_count;
+
+  -- Rate-limit rows outside their window; claim() trims only the queues it
+  -- claims from, so a queue that lost its limit or its workers keeps rows.
+  delete from ratchet.queue_claims c
+   where c.ctid = any(array(
+     select k.ctid from ratchet.queue_claims k
+       left join ratchet.queues q on q.name = k.queue
+      where q.rate_period is null or k.claimed_at <= v_now - q.rate_period
+      limit p_max_rows));
+  get diagnostics queue_claims = row_count;
+  return next;
+end;
+$$;
+
+comment on function ratchet.maintain(int) is
+  'One short batch of retention: delete up to max_rows ended workflows past their queue''s '
+  'keep_<status> (with steps, events, messages), old consumed messages and stale rate-limit '
+  'rows. skipped = true when another session holds the maintenance lock.';
+
+-- retention: per queue and end status, the period and how many workflows are
+-- due for deletion now.
+create view ratchet.retention as
+select q.name as queue,
+       s.status,
+       ratchet._keep(q, s.status) as keep,
+       (select count(*) from ratchet.workflows w
+         where w.queue = q.name and w.status = s.status and w.ended_at is not null
+           and w.ended_at < ratchet.now() - ratchet._keep(q, s.status)
+           and (w.parent_id is null or not exists (
+                 select 1 from ratchet.workflows p where p.workflow_id = w.parent_id))) as due
+  from ratchet.queues q
+  cross join (values (1, 'succeeded'), (2, 'failed'), (3, 'cancelled'), (4, 'dead')) s(ord, status)
+ order by q.name, s.ord;
+
+comment on view ratchet.retention is
+  'Retention per queue and end status: keep (NULL = forever) and how many workflows are due '
+  'for deletion by maintain() (children wait for their parent).';
 
 -- ==== 90_views_grants.sql ====
 -- Observability views, and least-privilege roles.
@@ -2660,11 +2926,15 @@ grant execute on function
   ratchet.tick()
   to ratchet_worker;
 
+-- retention batches: workers run them on a timer, operators by hand
+grant execute on function ratchet.maintain(int) to ratchet_worker, ratchet_client;
+
 -- management
 grant execute on function
   ratchet.cancel(text), ratchet.resume(text), ratchet.fork(text, int, text),
   ratchet.create_queue(text, int, int, int, interval),
   ratchet.pause_queue(text), ratchet.resume_queue(text),
   ratchet.schedule(text, text, text, jsonb, text, text), ratchet.unschedule(text),
-  ratchet.list_schedules(), ratchet.purge(interval, int)
+  ratchet.list_schedules(), ratchet.purge(interval, int, text, text),
+  ratchet.set_retention(text, text, interval)
   to ratchet_client;
