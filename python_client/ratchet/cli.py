@@ -168,7 +168,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         obj.run_worker(args.queue or ["default"], concurrency=args.concurrency,
                        lease=args.lease, poll_interval=args.poll_interval,
-                       grace_period=args.grace_period)
+                       grace_period=args.grace_period,
+                       maintenance_interval=args.maintenance_interval or None)
     finally:
         obj.close()
     return 0
@@ -342,6 +343,62 @@ def cmd_queues(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_purge(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        where = ["w.ended_at < ratchet.now() - %s::float8 * interval '1 second'"]
+        params: list[Any] = [args.older_than]
+        if args.queue:
+            where.append("w.queue = %s")
+            params.append(args.queue)
+        if args.status:
+            where.append("w.status = %s")
+            params.append(args.status)
+        rows = _query(args, "select count(*) as n from ratchet.workflows w where "
+                      + " and ".join(where), params)
+        n, verb = rows[0]["n"], "would delete"
+    else:
+        n, verb = 0, "deleted"
+        while True:  # batches, each its own short transaction
+            rows = _query(args, "select ratchet.purge(older_than => %s::float8 * interval "
+                          "'1 second', max_rows => %s::int, queue => %s::text, "
+                          "status => %s::text) as n",
+                          (args.older_than, args.batch, args.queue, args.status))
+            n += rows[0]["n"]
+            if rows[0]["n"] < args.batch:
+                break
+    if args.json:
+        _print_json({"workflows": n, "dry_run": args.dry_run})
+    else:
+        print(f"{verb} {n} ended workflow(s)")
+    return 0
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    if args.set is not None:
+        if args.queue is None or args.status is None:
+            raise CliError("--set needs --queue and --status (succeeded, failed, cancelled, "
+                           "dead or all)")
+        try:
+            keep = None if args.set in ("forever", "none") else _duration(args.set)
+        except argparse.ArgumentTypeError as exc:
+            raise CliError(str(exc)) from None
+        _query(args, "select ratchet.set_retention(queue => %s::text, status => %s::text, "
+               "keep => %s::float8 * interval '1 second')", (args.queue, args.status, keep))
+    query = "select queue, status, keep, due from ratchet.retention"
+    params: list[Any] = []
+    if args.queue:
+        query += " where queue = %s"
+        params.append(args.queue)
+    rows = _query(args, query, params)
+    if args.json:
+        _print_json(rows)
+    else:
+        for row in rows:
+            row["keep"] = "forever" if row["keep"] is None else row["keep"]
+        print(_table(rows, ["queue", "status", "keep", "due"]))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
@@ -386,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between claims when no notification arrives (default 1)")
     p.add_argument("--grace-period", type=float, default=10.0,
                    help="seconds to let running workflows finish on SIGTERM (default 10)")
+    p.add_argument("--maintenance-interval", type=float, default=60.0,
+                   help="seconds between retention batches (ratchet.maintain()); 0 turns "
+                        "them off (default 60)")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     p.set_defaults(func=cmd_worker)
 
@@ -438,6 +498,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("queues", "queues with their limits and counts (ratchet.queue_stats)")
     p.set_defaults(func=cmd_queues)
+
+    p = add("purge", "delete ended workflows (with their steps, events, messages) older than "
+                     "--older-than, in batches")
+    p.add_argument("--older-than", type=_duration, required=True, help="e.g. 30d, 12h")
+    p.add_argument("--queue", help="only this queue")
+    p.add_argument("--status", choices=list(_ENDED), help="only this end status")
+    p.add_argument("--batch", type=int, default=1000,
+                   help="workflows per transaction (default 1000)")
+    p.add_argument("--dry-run", action="store_true", help="only count what would go")
+    p.set_defaults(func=cmd_purge)
+
+    p = add("retention", "show retention per queue and status (and how many are due), or "
+                         "set it with --queue Q --status S --set 14d|forever; workers delete "
+                         "what is due every minute")
+    p.add_argument("--queue", help="only this queue (with --set: the queue to change)")
+    p.add_argument("--status", choices=[*_ENDED, "all"], help="with --set: which end status")
+    p.add_argument("--set", metavar="KEEP", help="keep for this long (e.g. 14d), or forever")
+    p.set_defaults(func=cmd_retention)
 
     p = add("demo", "kill a worker with SIGKILL mid-workflow and watch another finish it, "
                     "every step exactly once (starts a throwaway PostgreSQL without --dsn)")
