@@ -2750,7 +2750,7 @@ declare
   v_status text;
   v_keep   interval;
   v_ids    text[];
-  v_all    text[] := '{}';
+  v_all    text[] := '{}'::text[];
   v_del    record;
   v_count  bigint;
 begin
@@ -2758,7 +2758,8 @@ begin
     perform ratchet._raise('RT005', pg_catalog.format('max_rows must be between 1 and 100000, got %s', p_max_rows),
       'small batches keep locks short: e.g. maintain(max_rows => 500), called again while it returns 500');
   end if;
-  workflows := 0; steps := 0; events := 0; messages := 0; queue_claims := 0;
+  workflows := 0::bigint; steps := 0::bigint; events := 0::bigint; messages := 0::bigint;
+  queue_claims := 0::bigint;
   -- 0x52415443 = 'RATC'; key 1 = maintain.
   if not pg_catalog.pg_try_advisory_xact_lock(1380013123, 1) then
     skipped := true;
