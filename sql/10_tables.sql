@@ -16,6 +16,12 @@ create table ratchet.queues (
   rate_period        interval check (rate_period > interval '0'),
   paused             boolean not null default false,
   created_at         timestamptz not null default pg_catalog.now(),
+  -- retention: how long ended workflows stay (NULL keeps them forever).
+  -- Failed and dead ones can still be resumed, so they stay longer.
+  keep_succeeded     interval default interval '7 days' check (keep_succeeded >= interval '0'),
+  keep_failed        interval default interval '30 days' check (keep_failed >= interval '0'),
+  keep_cancelled     interval default interval '7 days' check (keep_cancelled >= interval '0'),
+  keep_dead          interval default interval '30 days' check (keep_dead >= interval '0'),
   check ((rate_limit is null) = (rate_period is null))
 );
 
@@ -103,8 +109,9 @@ create index workflows_deadline_idx on ratchet.workflows (deadline)
 -- Children of a workflow (cancel cascades, `ratchet show`).
 create index workflows_parent_idx on ratchet.workflows (parent_id)
   where parent_id is not null;
--- purge() and "recently ended" listings.
-create index workflows_ended_idx on ratchet.workflows (ended_at)
+-- Retention (maintain(), purge()): ended workflows of a queue and status,
+-- oldest first; one range scan per (queue, status) finds what is due.
+create index workflows_ended_idx on ratchet.workflows (queue, status, ended_at)
   where ended_at is not null;
 -- Operator listings (`ratchet ls`) newest first.
 create index workflows_created_idx on ratchet.workflows (created_at);
@@ -186,14 +193,19 @@ create table ratchet.messages (
 );
 
 comment on table ratchet.messages is
-  'Messages sent to workflows. Consumed ones stay (consumed_at) until purge(), so a '
-  'sender retrying with the same idempotency_key never delivers twice.';
+  'Messages sent to workflows. Consumed ones stay (consumed_at) for the retention period '
+  'of the destination''s queue, so a sender retrying with the same idempotency_key within '
+  'it never delivers twice; they go with their workflow in any case.';
 
 -- recv(): oldest pending message of a destination and topic.
 create index messages_pending_idx on ratchet.messages (destination_id, topic, message_id)
   where consumed_at is null;
 create unique index messages_idempotency_idx on ratchet.messages (destination_id, idempotency_key)
   where idempotency_key is not null;
+-- Retention: the messages of a workflow being deleted, and consumed ones by age.
+create index messages_destination_idx on ratchet.messages (destination_id);
+create index messages_consumed_idx on ratchet.messages (consumed_at)
+  where consumed_at is not null;
 
 create table ratchet.events (
   workflow_id text not null,

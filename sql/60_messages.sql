@@ -38,7 +38,10 @@ begin
   if p_idempotency_key is not null then
     perform ratchet._check_name(p_idempotency_key, 'idempotency_key');
   end if;
-  if not exists (select 1 from ratchet.workflows w where w.workflow_id = p_destination_id) then
+  -- FOR KEY SHARE: retention cannot delete the destination under this send
+  -- (that would leave a message nobody deletes); workers' updates still pass.
+  if not exists (select 1 from ratchet.workflows w where w.workflow_id = p_destination_id
+                 for key share) then
     perform ratchet._raise('RT004', pg_catalog.format('unknown destination workflow "%s"', p_destination_id),
       'messages go to an existing workflow_id');
   end if;

@@ -113,10 +113,13 @@ $$;
 comment on function ratchet.fork(text, int, text) is
   'Start a copy of a workflow that keeps the checkpoints of steps before from_step.';
 
--- purge: delete ended workflows older than older_than, with their steps,
--- runs, events and messages, at most max_rows workflows per call (call it again
--- while it returns max_rows). Returns how many workflows were deleted.
-create function ratchet.purge(older_than interval, max_rows int default 10000)
+-- purge: delete ended workflows older than older_than (of one queue and/or
+-- status if given), with their steps, runs, events and messages, at most max_rows
+-- workflows per call (call it again while it returns max_rows). A child goes
+-- after its parent. Returns how many workflows were deleted. Automatic
+-- retention is maintain() (85_retention.sql), which deletes the same way.
+create function ratchet.purge(older_than interval, max_rows int default 10000,
+                              queue text default null, status text default null)
 returns bigint
 language plpgsql
 security definer
@@ -126,7 +129,14 @@ as $$
 declare
   p_older_than alias for $1;
   p_max_rows   alias for $2;
-  v_ids text[];
+  p_queue      alias for $3;
+  p_status     alias for $4;
+  v_before timestamptz;
+  v_queue  text;
+  v_status text;
+  v_ids    text[];
+  v_pass   bigint;
+  v_total  bigint := 0;
 begin
   if p_older_than is null or p_older_than < interval '0' or p_older_than > interval '100 years' then
     perform ratchet._raise('RT005', 'older_than must be between 0 and 100 years',
@@ -135,25 +145,38 @@ begin
   if p_max_rows is null or p_max_rows < 1 then
     perform ratchet._raise('RT005', 'max_rows must be at least 1', 'e.g. max_rows => 10000');
   end if;
-  select pg_catalog.array_agg(w.workflow_id) into v_ids
-    from (select w.workflow_id from ratchet.workflows w
-           where w.ended_at < ratchet.now() - p_older_than
-             and w.status in ('succeeded', 'failed', 'cancelled', 'dead')
-           order by w.ended_at
-           limit p_max_rows
-           for update skip locked) w;
-  if v_ids is null then
-    return 0;
+  if p_queue is not null then
+    perform ratchet._check_queue(p_queue);
   end if;
-  delete from ratchet.steps s where s.workflow_id = any(v_ids);
-  delete from ratchet.runs r where r.workflow_id = any(v_ids);
-  delete from ratchet.events e where e.workflow_id = any(v_ids);
-  delete from ratchet.messages m where m.destination_id = any(v_ids);
-  delete from ratchet.workflows w where w.workflow_id = any(v_ids);
-  return pg_catalog.cardinality(v_ids);
+  if p_status is not null and p_status not in ('succeeded', 'failed', 'cancelled', 'dead') then
+    perform ratchet._raise('RT005',
+      pg_catalog.format('status must be succeeded, failed, cancelled or dead, got %L', p_status),
+      'only ended workflows are purged; pass NULL for all four');
+  end if;
+  v_before := ratchet.now() - p_older_than;
+  -- Passes until nothing more is due: a pass frees the children of the
+  -- parents it deleted for the next one.
+  loop
+    v_pass := 0;
+    for v_queue in select q.name from ratchet.queues q
+                    where p_queue is null or q.name = p_queue order by q.name loop
+      foreach v_status in array array['succeeded', 'cancelled', 'failed', 'dead'] loop
+        continue when p_status is not null and v_status <> p_status;
+        exit when v_total + v_pass >= p_max_rows;
+        v_ids := ratchet._due_workflows(v_queue, v_status, v_before,
+                                        (p_max_rows - v_total - v_pass)::int);
+        continue when v_ids is null;
+        v_pass := v_pass + (ratchet._delete_workflows(v_ids)).workflows;
+      end loop;
+    end loop;
+    v_total := v_total + v_pass;
+    exit when v_pass = 0 or v_total >= p_max_rows;
+  end loop;
+  return v_total;
 end;
 $$;
 
-comment on function ratchet.purge(interval, int) is
+comment on function ratchet.purge(interval, int, text, text) is
   'Delete up to max_rows ended workflows (and their steps, events, messages) that ended '
-  'more than older_than ago. Returns the count; call again while it equals max_rows.';
+  'more than older_than ago, optionally of one queue and status. Returns the count; call '
+  'again while it equals max_rows.';

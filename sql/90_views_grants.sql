@@ -103,6 +103,9 @@ grant execute on function
   to ratchet_worker;
 end if;
 
+-- retention batches: workers run them on a timer, operators by hand
+grant execute on function ratchet.maintain(int) to ratchet_worker, ratchet_client;
+
 -- management
 if v_client then
 grant execute on function
@@ -110,7 +113,8 @@ grant execute on function
   ratchet.create_queue(text, int, int, int, interval),
   ratchet.pause_queue(text), ratchet.resume_queue(text),
   ratchet.schedule(text, text, text, jsonb, text, text), ratchet.unschedule(text),
-  ratchet.list_schedules(), ratchet.purge(interval, int)
+  ratchet.list_schedules(), ratchet.purge(interval, int, text, text),
+  ratchet.set_retention(text, text, interval)
   to ratchet_client;
 end if;
 

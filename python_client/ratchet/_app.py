@@ -873,27 +873,79 @@ class App:
         """Workers holding running workflows, with their last heartbeat."""
         return [WorkerInfo.from_row(dict(r)) for r in self._db.fetchall(_records.WORKERS)]
 
+    # -- retention -----------------------------------------------------------
+
+    def purge(self, older_than: Seconds, *, queue: str | None = None,
+              status: str | None = None, max_rows: int = 10000) -> int:
+        """Delete ended workflows (with their steps, events and messages) that
+        ended more than ``older_than`` seconds ago, optionally of one queue and
+        end status; at most ``max_rows`` per call. Returns how many."""
+        row = self._db.fetchone(
+            "select ratchet.purge(older_than => %s::float8 * interval '1 second', "
+            "max_rows => %s::int, queue => %s::text, status => %s::text) as n",
+            (_seconds(older_than, "older_than"), max_rows, queue, status))
+        return int(row["n"] or 0) if row else 0
+
+    def set_retention(self, queue: str, status: str, keep: Seconds | None) -> None:
+        """Keep ended workflows of ``queue`` with ``status`` (succeeded, failed,
+        cancelled, dead, or all) for ``keep`` seconds; None keeps them forever."""
+        self._db.fetchone(
+            "select ratchet.set_retention(queue => %s::text, status => %s::text, "
+            "keep => %s::float8 * interval '1 second')",
+            (queue, status, _seconds(keep, "keep")))
+
+    def count_purgeable(self, older_than: Seconds, *, queue: str | None = None,
+                        status: str | None = None) -> int:
+        """How many ended workflows :meth:`purge` would delete (``purge --dry-run``)."""
+        row = self._db.fetchone(
+            "select count(*) as n from ratchet.workflows w"
+            " where w.ended_at < ratchet.now() - %s::float8 * interval '1 second'"
+            " and (%s::text is null or w.queue = %s::text)"
+            " and (%s::text is null or w.status = %s::text)",
+            (_seconds(older_than, "older_than"), queue, queue, status, status))
+        return int(row["n"] or 0) if row else 0
+
+    def retention(self, queue: str | None = None) -> list[dict[str, Any]]:
+        """Retention per queue and end status, with how many are due now
+        (the ``ratchet.retention`` view)."""
+        return [dict(r) for r in self._db.fetchall(
+            "select queue, status, keep, due from ratchet.retention"
+            " where %s::text is null or queue = %s::text order by queue, status",
+            (queue, queue))]
+
+    def maintain(self, max_rows: int = 500) -> dict[str, Any]:
+        """One retention batch now (what workers run on a timer); returns the
+        counts deleted and whether another session held the lock (skipped)."""
+        row = self._db.fetchone(_db.MAINTAIN, (max_rows,))
+        return dict(row) if row else {}
+
     # -- workers -------------------------------------------------------------
 
     def run_worker(self, queues: Sequence[str] = ("default",), *, concurrency: int = 16,
                    lease: float = 30.0, poll_interval: float | None = None,
-                   grace_period: float = 10.0, install_signal_handlers: bool = True) -> None:
+                   grace_period: float = 10.0, install_signal_handlers: bool = True,
+                   maintenance_interval: float | None = 60.0) -> None:
         """Run a worker in this thread until SIGTERM/SIGINT (see :class:`Worker`)."""
         self.worker(queues, concurrency=concurrency, lease=lease, poll_interval=poll_interval,
                     grace_period=grace_period,
-                    install_signal_handlers=install_signal_handlers).run()
+                    install_signal_handlers=install_signal_handlers,
+                    maintenance_interval=maintenance_interval).run()
 
     def worker(self, queues: Sequence[str] = ("default",), *, concurrency: int = 16,
                lease: float = 30.0, poll_interval: float | None = None,
                grace_period: float = 10.0, install_signal_handlers: bool = True,
+               maintenance_interval: float | None = 60.0, maintenance_batch: int = 500,
                ) -> Worker:
         """A :class:`Worker` for this app (call ``run()``; ``stop()`` from another
-        thread)."""
+        thread). It runs retention (``maintain()``) every ``maintenance_interval``
+        seconds; None turns that off."""
         from ._worker import Worker
 
         return Worker(self, queues, concurrency=concurrency, lease=lease,
                       poll_interval=poll_interval, grace_period=grace_period,
-                      install_signal_handlers=install_signal_handlers)
+                      install_signal_handlers=install_signal_handlers,
+                      maintenance_interval=maintenance_interval,
+                      maintenance_batch=maintenance_batch)
 
 
 _START_OPTIONS = ("workflow_id", "queue", "priority", "dedup_key", "start_at", "delay",

@@ -75,6 +75,8 @@ HEARTBEAT = ("select ratchet.heartbeat(worker_id => %s::text, "
              "lease => %s::float8 * interval '1 second', workflow_ids => %s::text[]) as renewed")
 TICK = "select ratchet.tick() as started"
 
+MAINTAIN = "select * from ratchet.maintain(max_rows => %s::int)"
+
 RECORD_STEP = """select ratchet.record_step(
   workflow_id => %s::text, run_id => %s::bigint, step_id => %s::int,
   name => %s::text, output => %s::jsonb, error => %s::jsonb)"""

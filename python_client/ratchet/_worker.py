@@ -41,6 +41,12 @@ class Worker:
     ``grace_period`` seconds, then releases the rest back to their queue so
     another worker picks them up at once (no attempt is counted). A second
     signal skips the grace period.
+
+    Every ``maintenance_interval`` seconds (None: never) the worker runs
+    retention, ``ratchet.maintain()``, in batches of ``maintenance_batch``
+    rows on its own thread: only one session in the database does the work
+    at a time (an advisory lock; the others skip), and a failure is logged,
+    never fatal.
     """
 
     #: seconds between calls to ``ratchet.tick()`` (cron schedules)
@@ -49,13 +55,18 @@ class Worker:
     def __init__(self, app: App, queues: Sequence[str] = ("default",), *,
                  concurrency: int = 16, lease: float = 30.0, poll_interval: float | None = None,
                  grace_period: float = 10.0, install_signal_handlers: bool = True,
-                 worker_id: str | None = None) -> None:
+                 worker_id: str | None = None, maintenance_interval: float | None = 60.0,
+                 maintenance_batch: int = 500) -> None:
         if isinstance(queues, str):
             queues = [queues]
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         if not queues:
             raise ValueError("a worker needs at least one queue")
+        if maintenance_interval is not None and maintenance_interval <= 0:
+            raise ValueError("maintenance_interval must be > 0 (None turns it off)")
+        if maintenance_batch < 1:
+            raise ValueError("maintenance_batch must be >= 1")
         self.app = app
         self.queues = list(queues)
         self.concurrency = concurrency
@@ -64,6 +75,10 @@ class Worker:
         self.grace_period = grace_period
         self.install_signal_handlers = install_signal_handlers
         self.worker_id = worker_id or make_worker_id()
+        self.maintenance_interval = maintenance_interval
+        self.maintenance_batch = maintenance_batch
+        #: rows deleted by this worker's maintenance, by kind (workflows, steps, ...)
+        self.maintained: dict[str, int] = {}
         self._active: dict[str, WorkflowContext] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -119,12 +134,16 @@ class Worker:
         self._done.clear()
         heartbeat = threading.Thread(target=self._heartbeat_loop, daemon=True,
                                      name="ratchet-heartbeat")
+        maintenance = threading.Thread(target=self._maintenance_loop, daemon=True,
+                                       name="ratchet-maintenance")
         try:
             self.app._db.ensure_size(self.concurrency + 2)
             channels = [queue_channel(q) for q in self.queues]
             subs = [self.app._listener.subscribe(ch, None, self._notified) for ch in channels]
             self.app._listener.add_channels(channels)
             heartbeat.start()
+            if self.maintenance_interval is not None:
+                maintenance.start()
             logger.info("ratchet: worker %s serving %s (concurrency %d, lease %.0f s)",
                         self.worker_id, ", ".join(self.queues), self.concurrency, self.lease)
             self._started.set()
@@ -211,6 +230,37 @@ class Worker:
                 logger.info("ratchet: started %s scheduled workflow(s)", row["started"])
         except Exception as exc:
             logger.warning("ratchet: tick() failed: %s", exc)
+
+    #: batches one maintenance round runs at most before waiting again
+    maintenance_rounds = 20
+
+    def _maintenance_loop(self) -> None:
+        assert self.maintenance_interval is not None
+        while not self._stopping.wait(self.maintenance_interval):
+            self.maintain_once()
+
+    def maintain_once(self) -> int:
+        """One round of retention: ``maintain()`` batches while they come back
+        full (bounded); returns the workflows deleted. Errors are logged."""
+        deleted = 0
+        for _ in range(self.maintenance_rounds):
+            if self._stopping.is_set():
+                break
+            try:
+                row = self.app._db.fetchone(_db.MAINTAIN, (self.maintenance_batch,))
+            except Exception as exc:
+                logger.warning("ratchet: maintain() failed: %s", exc)
+                break
+            if not row or row["skipped"]:
+                break  # another session is maintaining
+            for key in ("workflows", "steps", "events", "messages", "queue_claims"):
+                self.maintained[key] = self.maintained.get(key, 0) + int(row[key] or 0)
+            deleted += int(row["workflows"] or 0)
+            if int(row["workflows"] or 0) < self.maintenance_batch:
+                break
+        if deleted:
+            logger.info("ratchet: retention deleted %d ended workflow(s)", deleted)
+        return deleted
 
     def _heartbeat_loop(self) -> None:
         interval = self.lease / 3

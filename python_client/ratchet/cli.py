@@ -175,7 +175,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         obj.run_worker(args.queue or ["default"], concurrency=args.concurrency,
                        lease=args.lease, poll_interval=args.poll_interval,
-                       grace_period=args.grace_period)
+                       grace_period=args.grace_period,
+                       maintenance_interval=args.maintenance_interval or None)
     finally:
         obj.close()
     return 0
@@ -624,6 +625,47 @@ def cmd_workers(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_purge(args: argparse.Namespace) -> int:
+    with _app(args) as app:
+        if args.dry_run:
+            n = app.count_purgeable(args.older_than, queue=args.queue, status=args.status)
+            verb = "would delete"
+        else:
+            n, verb = 0, "deleted"
+            while True:  # batches, each its own short transaction
+                done = app.purge(args.older_than, queue=args.queue, status=args.status,
+                                 max_rows=args.batch)
+                n += done
+                if done < args.batch:
+                    break
+    if args.json:
+        _print_json({"workflows": n, "dry_run": args.dry_run})
+    else:
+        print(f"{verb} {n} ended workflow(s)")
+    return EXIT_OK
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    with _app(args) as app:
+        if args.set is not None:
+            if args.queue is None or args.status is None:
+                raise CliError("--set needs --queue and --status (succeeded, failed, "
+                               "cancelled, dead or all)")
+            try:
+                keep = None if args.set in ("forever", "none") else _duration(args.set)
+            except argparse.ArgumentTypeError as exc:
+                raise CliError(str(exc)) from None
+            app.set_retention(args.queue, args.status, keep)
+        rows = app.retention(args.queue)
+    if args.json:
+        _print_json(rows)
+    else:
+        for row in rows:
+            row["keep"] = "forever" if row["keep"] is None else row["keep"]
+        print(_table(rows, ["queue", "status", "keep", "due"]))
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
@@ -695,6 +737,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(docs/deployment.md)")
     p.add_argument("--grace-period", type=float, default=10.0,
                    help="seconds to let running workflows finish on SIGTERM (default 10)")
+    p.add_argument("--maintenance-interval", type=float, default=60.0,
+                   help="seconds between retention batches (ratchet.maintain()); 0 turns "
+                        "them off (default 60)")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     p.set_defaults(func=cmd_worker)
 
@@ -793,6 +838,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("workers", "live workers (those running workflows) with their last heartbeat")
     p.set_defaults(func=cmd_workers)
+
+    p = add("purge", "delete ended workflows (with their steps, events, messages) older than "
+                     "--older-than, in batches")
+    p.add_argument("--older-than", type=_duration, required=True, help="e.g. 30d, 12h")
+    p.add_argument("--queue", help="only this queue")
+    p.add_argument("--status", choices=list(_ENDED), help="only this end status")
+    p.add_argument("--batch", type=int, default=1000,
+                   help="workflows per transaction (default 1000)")
+    p.add_argument("--dry-run", action="store_true", help="only count what would go")
+    p.set_defaults(func=cmd_purge)
+
+    p = add("retention", "show retention per queue and status (and how many are due), or "
+                         "set it with --queue Q --status S --set 14d|forever; workers delete "
+                         "what is due every minute")
+    p.add_argument("--queue", help="only this queue (with --set: the queue to change)")
+    p.add_argument("--status", choices=[*_ENDED, "all"], help="with --set: which end status")
+    p.add_argument("--set", metavar="KEEP", help="keep for this long (e.g. 14d), or forever")
+    p.set_defaults(func=cmd_retention)
 
     p = add("demo", "kill a worker with SIGKILL mid-workflow and watch another finish it, "
                     "every step exactly once (starts a throwaway PostgreSQL without --dsn)")
