@@ -104,7 +104,9 @@ grant execute on function
 end if;
 
 -- retention batches: workers run them on a timer, operators by hand
+if v_worker and v_client then
 grant execute on function ratchet.maintain(int) to ratchet_worker, ratchet_client;
+end if;
 
 -- management
 if v_client then
