@@ -1186,7 +1186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{time.monotonic() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
     res = Results(cfg)
-    conf = {"shared_preload_libraries": "pg_stat_statements",
+    # shared_buffers sized for the working set of the history section (1M
+    # ended workflows take about 1 GB with their steps); the default 128 MB
+    # would measure the OS page cache instead.
+    conf = {"shared_buffers": "1GB", "shared_preload_libraries": "pg_stat_statements",
             "pg_stat_statements.track": "none", "pg_stat_statements.max": 2000}
     with tempfile.TemporaryDirectory(prefix="ratchet-bench-") as tmp, \
             EmbeddedPostgres(fast=False, extra_conf=conf) as pg:
