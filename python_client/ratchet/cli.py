@@ -370,18 +370,14 @@ def _watch(args: argparse.Namespace, render: Callable[[], tuple[str, bool]]) -> 
 def _ls_frame(args: argparse.Namespace, app: App) -> tuple[str, Any]:
     created_after = None
     if args.since is not None:
-        now = app._db.fetchone("select ratchet.now() as t")
-        assert now is not None
-        created_after = now["t"] - timedelta(seconds=args.since)
+        created_after = app.now() - timedelta(seconds=args.since)
     rows = app.list_workflows(status=args.status, name=args.name, queue=args.queue,
                               parent_id=args.parent, created_after=created_after,
                               limit=args.limit + 1, offset=args.offset)
     truncated = len(rows) > args.limit
     rows = rows[: args.limit]
     statuses = app.workflow_statuses([w.workflow_id for w in rows])
-    now_row = app._db.fetchone("select ratchet.now() as t")
-    assert now_row is not None
-    now = now_row["t"]
+    now = app.now()
     if args.json:
         return "", {"workflows": [dict(_record(w), waiting_for=_record(statuses.get(
             w.workflow_id))) for w in rows], "truncated": truncated}
@@ -577,8 +573,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
 def cmd_schedules(args: argparse.Namespace) -> int:
     with _app(args) as app:
         schedules = app.list_schedules()
-        now_row = app._db.fetchone("select ratchet.now() as t")
-    assert now_row is not None
+        now = app.now()
     if args.json:
         _print_json([_record(x) for x in schedules])
     elif not schedules:
@@ -587,7 +582,7 @@ def cmd_schedules(args: argparse.Namespace) -> int:
         print(_table([{"name": x.name, "cron": x.cron, "timezone": x.timezone,
                        "workflow": x.workflow_name, "queue": x.queue,
                        "next_fire": f"{_fmt_time(x.next_fire_at)} "
-                                    f"({_until(x.next_fire_at, now_row['t'])})",
+                                    f"({_until(x.next_fire_at, now)})",
                        "last_fired": _fmt_time(x.last_fired_at),
                        "last_workflow": x.last_workflow_id} for x in schedules],
                      ["name", "cron", "timezone", "workflow", "queue", "next_fire",
@@ -608,9 +603,7 @@ def cmd_unschedule(args: argparse.Namespace) -> int:
 def cmd_workers(args: argparse.Namespace) -> int:
     with _app(args) as app:
         workers = app.list_workers()
-        now_row = app._db.fetchone("select ratchet.now() as t")
-    assert now_row is not None
-    now = now_row["t"]
+        now = app.now()
     if args.json:
         _print_json([_record(w) for w in workers])
     elif not workers:
