@@ -175,8 +175,9 @@ def context_from_claim(app: App, row: dict[str, Any], worker_id: str,
                         f"by the worker ({reason[:1000]})",
              "traceback": None}
     try:
+        # for good (retryable false): the same input fails the same way again
         app._db.fetchone(_queries.FAIL, (workflow_id, row.get("run_id"),
-                                    dumps(error, "the workflow error"), None))
+                                         dumps(error, "the workflow error"), False, None))
     except Exception as fail_exc:  # its lease expires; recovery retries the failure
         logger.warning("ratchet: could not record the failure of workflow %s: %s",
                        workflow_id, fail_exc, extra={"workflow_id": workflow_id})
