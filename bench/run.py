@@ -2,7 +2,7 @@
 
 ``make bench`` runs ``python3 bench/run.py --out docs/benchmarks.md``; ``--quick``
 is a smoke test with small sizes (under a minute). Everything runs against one
-throwaway server (``ratchet._embedded.EmbeddedPostgres``) with realistic
+throwaway server (``ratchet.testing.EmbeddedPostgres``) with realistic
 durability (fsync and synchronous_commit on), on this machine, in this run:
 
 1. raw floor: pgbench runs the minimal plain-SQL statements of a K-step
@@ -54,7 +54,7 @@ sys.path.insert(0, str(CLIENT_DIR))
 
 import latency  # noqa: E402  (bench/ is on sys.path as the script's directory)
 
-from ratchet._embedded import EmbeddedPostgres  # noqa: E402
+from ratchet.testing import EmbeddedPostgres  # noqa: E402
 
 #: the queue of the throughput runs (bench_app's workflows run on it too)
 QUEUE = "bench"
@@ -829,7 +829,7 @@ def render(res: Results, quick: bool) -> str:
     w(f"- CPU: {m['cpu']}; memory {m['memory']}; {m['os']}; load average before the run "
       f"{m['load_before']}, after {m.get('load_after', '?')} (other jobs shared the machine)")
     w(f"- {m['postgres']}; {m['pgbench']}; Python {m['python']}")
-    w(f"- Server: a throwaway cluster (`ratchet._embedded.EmbeddedPostgres(fast=False)`) on "
+    w(f"- Server: a throwaway cluster (`ratchet.testing.EmbeddedPostgres(fast=False)`) on "
       f"local disk, **durable commits**: {m['settings']}")
     w(f"- Every statement is its own transaction (autocommit): one commit and WAL flush each, "
       f"the way workers call Ratchet. pgbench runs with `-M prepared -n -j <clients>` on the "

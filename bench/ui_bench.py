@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/ui_bench.py [--rows 1000000] [--reps 7]
 
-Starts a throwaway PostgreSQL (ratchet._embedded), installs Ratchet, bulk
+Starts a throwaway PostgreSQL (ratchet.testing), installs Ratchet, bulk
 loads ``--rows`` workflows with one INSERT ... SELECT (synthetic rows in every
 status over 30 days, 5 names, 4 queues; 3 steps each for the newest 10k),
 ANALYZEs, then times (median of ``--reps``):
@@ -33,8 +33,8 @@ from psycopg.rows import dict_row
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python_client"))
 
-from ratchet._embedded import EmbeddedPostgres  # noqa: E402
 from ratchet._install import install  # noqa: E402
+from ratchet.testing import EmbeddedPostgres  # noqa: E402
 from ratchet.ui import queries  # noqa: E402
 
 FILL = """

@@ -1,6 +1,6 @@
 """Shared fixtures: one throwaway PostgreSQL per session, one fresh database per test.
 
-The server is an :class:`ratchet._embedded.EmbeddedPostgres` (pytest-postgresql's
+The server is an :class:`ratchet.testing.EmbeddedPostgres` (pytest-postgresql's
 own process fixture cannot drop root privileges, which CI needs). Ratchet is
 installed once into the template database ``ratchet_template``; every test
 gets its own clone of it (``CREATE DATABASE ... TEMPLATE``, through
@@ -67,7 +67,7 @@ from pytest_postgresql.janitor import DatabaseJanitor
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python_client"))
 
-from ratchet._embedded import EmbeddedPostgres  # noqa: E402
+from ratchet.testing import EmbeddedPostgres  # noqa: E402
 
 SQL_OUT = ROOT / "python_client" / "ratchet" / "_sql"
 CONTROL = ROOT / "ratchet.control"

@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from ratchet._embedded import EmbeddedPostgres, _OsUser
+from ratchet.testing._embedded import EmbeddedPostgres, _OsUser
 
 PGBOUNCER = shutil.which("pgbouncer") or (
     "/usr/sbin/pgbouncer" if os.access("/usr/sbin/pgbouncer", os.X_OK) else None

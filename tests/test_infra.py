@@ -11,8 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 
-import ratchet._embedded as embedded
-from ratchet._embedded import EmbeddedPostgres, EmbeddedPostgresError
+import ratchet.testing._embedded as embedded
+from ratchet.testing import EmbeddedPostgres, EmbeddedPostgresError
 
 Connection = psycopg.Connection[Any]
 

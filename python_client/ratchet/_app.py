@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar,
 
 import psycopg
 
-from . import _db, _records, _runtime
+from . import _queries, _records, _runtime
 from ._context import WorkflowContext, active_workflow
 from ._db import Database
 from ._errors import AsyncNotSupported, WorkflowArgumentError, connection_lost
@@ -239,7 +239,7 @@ class Transaction(StepBase, Generic[P, R]):
                             raise _UserFailure(exc) from exc
                     # The checkpoint, in the same transaction: RT002/RT006 here
                     # roll back everything the function did.
-                    ctx.call(_db.RECORD_STEP, (ctx.workflow_id, ctx.run_id, step_id,
+                    ctx.call(_queries.RECORD_STEP, (ctx.workflow_id, ctx.run_id, step_id,
                                                self.name, output, None), conn=conn)
         except _UserFailure as failure:
             raise failure.exc from None
@@ -275,7 +275,7 @@ class WorkflowHandle(Generic[R]):
 
     def info(self) -> dict[str, Any]:
         """The workflow's row of ``ratchet.workflows`` as a dict."""
-        row = self.app._db.fetchone(_db.GET_WORKFLOW, (self.workflow_id,))
+        row = self.app._db.fetchone(_queries.GET_WORKFLOW, (self.workflow_id,))
         assert row is not None
         return dict(row)
 
@@ -313,7 +313,7 @@ class WorkflowHandle(Generic[R]):
 
     def steps(self) -> list[dict[str, Any]]:
         """The recorded steps, in order, as dicts (``ratchet.steps`` rows)."""
-        return [dict(r) for r in self.app._db.fetchall(_db.GET_STEPS, (self.workflow_id,))]
+        return [dict(r) for r in self.app._db.fetchall(_queries.GET_STEPS, (self.workflow_id,))]
 
     def get_event(self, key: str, timeout: float | None = None) -> Any:
         """This workflow's event ``key`` (see :meth:`App.get_event`)."""
@@ -359,18 +359,20 @@ class _LocalRunner:
             self._wake.set()
 
     def _beat(self) -> None:
-        while True:
-            self._wake.wait(self.lease / 3)
-            self._wake.clear()
-            with self._lock:
-                if self._active == 0:
-                    self._thread = None
-                    return
-            try:
-                # every run of this app's in-process worker id (direct calls)
-                self.app._db.fetchone(_db.HEARTBEAT, (self.worker_id, self.lease, None))
-            except Exception as exc:
-                logger.warning("ratchet: heartbeat failed: %s", exc)
+        # renews every run of this app's in-process worker id (direct calls)
+        _runtime.heartbeat_loop(self.app, self.worker_id, self.lease, self._idle,
+                                lambda: None)
+
+    def _idle(self, interval: float) -> bool:
+        """Wait up to ``interval`` (or until a run ends); True, and the thread is
+        forgotten, once no direct call is running."""
+        self._wake.wait(interval)
+        self._wake.clear()
+        with self._lock:
+            if self._active == 0:
+                self._thread = None
+                return True
+        return False
 
 
 class App:
@@ -687,11 +689,11 @@ class App:
         # idempotency key, and the second call returns the first workflow.
         params["workflow_id"] = workflow_id or str(uuid.uuid4())
         try:
-            row = self._db.fetchone(_db.START, params)
+            row = self._db.fetchone(_queries.START, params)
         except psycopg.Error as exc:
             if not connection_lost(exc):
                 raise
-            row = self._db.fetchone(_db.START, params)
+            row = self._db.fetchone(_queries.START, params)
         assert row is not None
         return str(row["workflow_id"])
 
@@ -726,14 +728,14 @@ class App:
         body = dumps(message, "the message")
         ctx = active_workflow()
         if ctx is None:
-            row = self._db.fetchone(_db.SEND, (destination_id, body, topic, idempotency_key))
+            row = self._db.fetchone(_queries.SEND, (destination_id, body, topic, idempotency_key))
             assert row is not None
             return int(row["message_id"])
         step_id = ctx.take_step()
         rec = ctx.lookup(step_id, "send")
         if rec is not None:
             return int((rec.get("output") or {}).get("message_id") or 0)
-        row = ctx.call(_db.SEND_STEP, {
+        row = ctx.call(_queries.SEND_STEP, {
             "destination_id": destination_id, "message": body, "topic": topic,
             "idempotency_key": idempotency_key or f"{ctx.workflow_id}:{step_id}",
             "workflow_id": ctx.workflow_id, "run_id": ctx.run_id, "step_id": step_id})
@@ -753,18 +755,18 @@ class App:
 
     def cancel(self, workflow_id: str) -> int:
         """Cancel a workflow and its live children; returns how many."""
-        row = self._db.fetchone(_db.CANCEL, (workflow_id,))
+        row = self._db.fetchone(_queries.CANCEL, (workflow_id,))
         return int(row["cancelled"] or 0) if row else 0
 
     def resume(self, workflow_id: str) -> None:
         """Put a failed, cancelled or dead workflow back in its queue."""
-        self._db.fetchone(_db.RESUME, (workflow_id,))
+        self._db.fetchone(_queries.RESUME, (workflow_id,))
 
     def fork(self, workflow_id: str, from_step: int,
              new_workflow_id: str | None = None) -> WorkflowHandle[Any]:
         """A new workflow with the same input and the checkpoints of steps before
         ``from_step`` copied: it re-runs from there."""
-        row = self._db.fetchone(_db.FORK, (workflow_id, from_step, new_workflow_id))
+        row = self._db.fetchone(_queries.FORK, (workflow_id, from_step, new_workflow_id))
         assert row is not None
         return WorkflowHandle(self, str(row["workflow_id"]))
 
@@ -775,19 +777,17 @@ class App:
         workflows in total, ``worker_concurrency`` per worker, and ``rate_limit``
         starts per ``rate_period`` seconds."""
         self._db.fetchone(
-            "select ratchet.create_queue(name => %s::text, concurrency => %s::int, "
-            "worker_concurrency => %s::int, rate_limit => %s::int, "
-            "rate_period => %s::float8 * interval '1 second')",
+            _queries.CREATE_QUEUE,
             (name, concurrency, worker_concurrency, rate_limit,
              _seconds(rate_period, "rate_period")))
 
     def pause_queue(self, name: str) -> None:
         """Stop workers from claiming on queue ``name``."""
-        self._db.fetchone("select ratchet.pause_queue(name => %s::text)", (name,))
+        self._db.fetchone(_queries.PAUSE_QUEUE, (name,))
 
     def resume_queue(self, name: str) -> None:
         """Let workers claim on queue ``name`` again."""
-        self._db.fetchone("select ratchet.resume_queue(name => %s::text)", (name,))
+        self._db.fetchone(_queries.RESUME_QUEUE, (name,))
 
     def schedule(self, name: str, cron: str, workflow: Workflow[..., Any] | str,
                  input: Any = None, *, queue: str | None = None,
@@ -799,16 +799,13 @@ class App:
         if queue is None:
             queue = workflow.queue if isinstance(workflow, Workflow) else "default"
         self._db.fetchone(
-            "select ratchet.schedule(name => %s::text, cron => %s::text, "
-            "workflow_name => %s::text, input => %s::jsonb, queue => %s::text, "
-            "timezone => %s::text)",
+            _queries.SCHEDULE,
             (name, cron, wf_name, dumps({} if input is None else input, "the input"),
              queue, timezone))
 
     def unschedule(self, name: str) -> bool:
         """Remove a schedule; returns whether it existed."""
-        row = self._db.fetchone("select ratchet.unschedule(name => %s::text) as removed",
-                                (name,))
+        row = self._db.fetchone(_queries.UNSCHEDULE, (name,))
         return bool(row and row["removed"])
 
     # -- reading -------------------------------------------------------------
@@ -831,7 +828,7 @@ class App:
                 return None
             return [value] if isinstance(value, str) else list(value)
 
-        rows = self._db.fetchall(_records.LIST_WORKFLOWS, {
+        rows = self._db.fetchall(_queries.LIST_WORKFLOWS, {
             "status": many(status), "name": many(name), "queue": many(queue),
             "parent_id": parent_id, "created_after": created_after,
             "created_before": created_before, "limit": limit, "offset": offset})
@@ -839,7 +836,7 @@ class App:
 
     def get_workflow(self, workflow_id: str) -> WorkflowInfo:
         """One workflow as a :class:`WorkflowInfo` (:class:`WorkflowNotFound` if none)."""
-        row = self._db.fetchone(_db.GET_WORKFLOW, (workflow_id,))
+        row = self._db.fetchone(_queries.GET_WORKFLOW, (workflow_id,))
         assert row is not None
         return WorkflowInfo.from_row(dict(row))
 
@@ -847,31 +844,38 @@ class App:
         """The recorded steps of a workflow in order, as :class:`StepInfo` records
         (:class:`WorkflowNotFound` if there is no such workflow)."""
         return [StepInfo.from_row(dict(r))
-                for r in self._db.fetchall(_db.GET_STEPS, (workflow_id,))]
+                for r in self._db.fetchall(_queries.GET_STEPS, (workflow_id,))]
 
     def workflow_status(self, workflow_id: str) -> WorkflowStatus:
         """The status of a workflow and why it waits (see :class:`WorkflowStatus`)."""
-        row = self._db.fetchone(_records.STATUS_DETAIL, (workflow_id,))
+        row = self._db.fetchone(_queries.STATUS_DETAIL, (workflow_id,))
         assert row is not None
         return _records.status_from_row(dict(row))
 
     def workflow_statuses(self, workflow_ids: Sequence[str]) -> dict[str, WorkflowStatus]:
         """:meth:`workflow_status` of several workflows in one query, by id
         (unknown ids are left out)."""
-        rows = self._db.fetchall(_records.STATUS_MANY, (list(workflow_ids),))
+        rows = self._db.fetchall(_queries.STATUS_MANY, (list(workflow_ids),))
         return {str(r["workflow_id"]): _records.status_from_row(dict(r)) for r in rows}
 
     def list_queues(self) -> list[QueueInfo]:
         """Every queue with its limits and live counts (``ratchet.queue_stats``)."""
-        return [QueueInfo.from_row(dict(r)) for r in self._db.fetchall(_records.QUEUES)]
+        return [QueueInfo.from_row(dict(r)) for r in self._db.fetchall(_queries.QUEUES)]
 
     def list_schedules(self) -> list[ScheduleInfo]:
         """Every cron schedule (``ratchet.schedules``)."""
-        return [ScheduleInfo.from_row(dict(r)) for r in self._db.fetchall(_records.SCHEDULES)]
+        return [ScheduleInfo.from_row(dict(r)) for r in self._db.fetchall(_queries.SCHEDULES)]
 
     def list_workers(self) -> list[WorkerInfo]:
         """Workers holding running workflows, with their last heartbeat."""
-        return [WorkerInfo.from_row(dict(r)) for r in self._db.fetchall(_records.WORKERS)]
+        return [WorkerInfo.from_row(dict(r)) for r in self._db.fetchall(_queries.WORKERS)]
+
+    def now(self) -> datetime:
+        """The database's clock (``ratchet.now()``; the fake clock when a test
+        enabled it), which decides every due time."""
+        row = self._db.fetchone(_queries.NOW)
+        assert row is not None
+        return row["t"]  # type: ignore[no-any-return]
 
     # -- retention -----------------------------------------------------------
 
@@ -881,8 +885,7 @@ class App:
         ended more than ``older_than`` seconds ago, optionally of one queue and
         end status; at most ``max_rows`` per call. Returns how many."""
         row = self._db.fetchone(
-            "select ratchet.purge(older_than => %s::float8 * interval '1 second', "
-            "max_rows => %s::int, queue => %s::text, status => %s::text) as n",
+            _queries.PURGE,
             (_seconds(older_than, "older_than"), max_rows, queue, status))
         return int(row["n"] or 0) if row else 0
 
@@ -890,18 +893,14 @@ class App:
         """Keep ended workflows of ``queue`` with ``status`` (succeeded, failed,
         cancelled, dead, or all) for ``keep`` seconds; None keeps them forever."""
         self._db.fetchone(
-            "select ratchet.set_retention(queue => %s::text, status => %s::text, "
-            "keep => %s::float8 * interval '1 second')",
+            _queries.SET_RETENTION,
             (queue, status, _seconds(keep, "keep")))
 
     def count_purgeable(self, older_than: Seconds, *, queue: str | None = None,
                         status: str | None = None) -> int:
         """How many ended workflows :meth:`purge` would delete (``purge --dry-run``)."""
         row = self._db.fetchone(
-            "select count(*) as n from ratchet.workflows w"
-            " where w.ended_at < ratchet.now() - %s::float8 * interval '1 second'"
-            " and (%s::text is null or w.queue = %s::text)"
-            " and (%s::text is null or w.status = %s::text)",
+            _queries.COUNT_PURGEABLE,
             (_seconds(older_than, "older_than"), queue, queue, status, status))
         return int(row["n"] or 0) if row else 0
 
@@ -909,14 +908,12 @@ class App:
         """Retention per queue and end status, with how many are due now
         (the ``ratchet.retention`` view)."""
         return [dict(r) for r in self._db.fetchall(
-            "select queue, status, keep, due from ratchet.retention"
-            " where %s::text is null or queue = %s::text order by queue, status",
-            (queue, queue))]
+            _queries.RETENTION, (queue, queue))]
 
     def maintain(self, max_rows: int = 500) -> dict[str, Any]:
         """One retention batch now (what workers run on a timer); returns the
         counts deleted and whether another session held the lock (skipped)."""
-        row = self._db.fetchone(_db.MAINTAIN, (max_rows,))
+        row = self._db.fetchone(_queries.MAINTAIN, (max_rows,))
         return dict(row) if row else {}
 
     # -- workers -------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import psycopg
 from psycopg.rows import DictRow
 
-from . import _db
+from . import _queries
 from ._errors import (
     NonDeterminismError,
     _ControlFlow,
@@ -76,7 +76,7 @@ class WorkflowContext:
         """A context for a row returned by ``claim``/``claim_workflow``.
 
         ``input`` and ``steps`` may be JSON text (what the worker's claim
-        selects, see ``_db.CLAIM``); decoding errors (``ValueError``,
+        selects, see ``_queries.CLAIM``); decoding errors (``ValueError``,
         ``RecursionError``) propagate for the caller to fail this workflow alone.
         """
         steps = row.get("steps")
@@ -145,7 +145,7 @@ class WorkflowContext:
                 wait_key: str | None = None) -> NoReturn:
         """Release the workflow until ``until`` (or an earlier wake-up) and end
         this run: the database holds it as enqueued with its wake-up time."""
-        self.call(_db.SUSPEND, (self.workflow_id, self.run_id, until, wait_for, wait_key))
+        self.call(_queries.SUSPEND, (self.workflow_id, self.run_id, until, wait_for, wait_key))
         logger.info("ratchet: workflow %s suspended until %s (wait_for=%s)",
                     self.workflow_id, until, wait_for,
                     extra={"workflow_id": self.workflow_id})

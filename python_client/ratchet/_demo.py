@@ -53,7 +53,7 @@ def _database(dsn: str | None, clock: _Clock) -> Iterator[str]:
     if dsn:
         yield dsn
         return
-    from ._embedded import EmbeddedPostgres
+    from .testing import EmbeddedPostgres
 
     with EmbeddedPostgres() as pg:
         clock.say(f"started a throwaway PostgreSQL (binaries in {pg.bindir}, "

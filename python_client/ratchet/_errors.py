@@ -201,13 +201,6 @@ _SQLSTATE_CLASSES: dict[str, type[RatchetError]] = {
 }
 
 
-def sqlstate(exc: BaseException) -> str | None:
-    """The SQLSTATE of a psycopg error, or None."""
-    if isinstance(exc, psycopg.Error):
-        return exc.sqlstate
-    return None
-
-
 def connection_lost(exc: BaseException) -> bool:
     """Whether a database error means the connection itself is gone (server
     restart, terminated backend, network) rather than a failed statement."""

@@ -25,12 +25,6 @@ def dumps(value: Any, what: str) -> str:
         ) from None
 
 
-def roundtrip(value: Any, what: str) -> Any:
-    """``value`` as it reads back from the database (tuples become lists, keys
-    become strings), so a first run and a replay see the same thing."""
-    return json.loads(dumps(value, what))
-
-
 def encode_input(args: Sequence[Any], kwargs: Mapping[str, Any], what: str) -> str:
     """A workflow's input: ``{"args": [...], "kwargs": {...}}``."""
     return dumps({"args": list(args), "kwargs": dict(kwargs)}, what)

@@ -192,49 +192,12 @@ class WorkerInfo:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> WorkerInfo:
-        """A record from a row of :data:`WORKERS`."""
+        """A record from a row of :data:`ratchet._queries.WORKERS`."""
         return _from_row(cls, row)  # type: ignore[no-any-return]
 
 
-# -- the queries --------------------------------------------------------------
-
-LIST_WORKFLOWS = """select w.* from ratchet.workflows w
- where (%(status)s::text[] is null or w.status = any(%(status)s::text[]))
-   and (%(name)s::text[] is null or w.name = any(%(name)s::text[]))
-   and (%(queue)s::text[] is null or w.queue = any(%(queue)s::text[]))
-   and (%(parent_id)s::text is null or w.parent_id = %(parent_id)s::text)
-   and (%(created_after)s::timestamptz is null or w.created_at >= %(created_after)s::timestamptz)
-   and (%(created_before)s::timestamptz is null or w.created_at < %(created_before)s::timestamptz)
- order by w.created_at desc, w.workflow_id
- limit %(limit)s::bigint offset %(offset)s::bigint"""
-
-# The workflow, its queue's pause flag, its last recorded step and the time.
-_STATUS_DETAIL = """select w.*, q.paused as queue_paused, ratchet.now() as db_now,
-       s.name as last_step_name, s.step_id as last_step_id, s.output as last_step_output
-  from {source}
-  left join ratchet.queues q on q.name = w.queue
-  left join lateral (select st.name, st.step_id, st.output from ratchet.steps st
-                      where st.workflow_id = w.workflow_id
-                      order by st.step_id desc limit 1) s on true"""
-STATUS_DETAIL = _STATUS_DETAIL.format(
-    source="ratchet.get_workflow(workflow_id => %s::text) w")
-STATUS_MANY = _STATUS_DETAIL.format(source="ratchet.workflows w") + \
-    "\n where w.workflow_id = any(%s::text[])"
-
-QUEUES = "select * from ratchet.queue_stats order by queue"
-SCHEDULES = "select * from ratchet.schedules order by name"
-WORKERS = """select w.worker_id, count(*)::int as running,
-       array_agg(distinct w.queue order by w.queue) as queues,
-       max(w.updated_at) as last_heartbeat, max(w.lease_expires_at) as lease_expires_at,
-       max(w.lease_expires_at) < ratchet.now() as expired
-  from ratchet.workflows w
- where w.status = 'running' and w.worker_id is not null
- group by w.worker_id
- order by w.worker_id"""
-
-
 def status_from_row(row: dict[str, Any]) -> WorkflowStatus:
-    """Derive why a workflow waits from its row (see :data:`STATUS_DETAIL`)."""
+    """Derive why a workflow waits from its row (see :data:`ratchet._queries.STATUS_DETAIL`)."""
     status = str(row["status"])
     base: dict[str, Any] = {"workflow_id": row["workflow_id"], "status": status,
                             "attempts": int(row.get("attempts") or 0), "error": row.get("error")}

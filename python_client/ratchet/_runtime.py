@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 
-from . import _db
+from . import _queries
 from ._context import StepContext, WorkflowContext, active_workflow, current_step, current_workflow
 from ._errors import (
     NonDeterminismError,
@@ -134,12 +134,12 @@ def _execute_step(ctx: WorkflowContext, step: StepBase, step_id: int,
                 continue
             error = error_payload(exc)
             error["attempts"] = attempt
-            ctx.call(_db.RECORD_STEP, (ctx.workflow_id, ctx.run_id, step_id, step.name,
+            ctx.call(_queries.RECORD_STEP, (ctx.workflow_id, ctx.run_id, step_id, step.name,
                                        None, dumps(error, "the step error")))
             raise step_error(error, step_id, step.name) from exc
         finally:
             current_step.reset(token)
-        ctx.call(_db.RECORD_STEP, (ctx.workflow_id, ctx.run_id, step_id, step.name,
+        ctx.call(_queries.RECORD_STEP, (ctx.workflow_id, ctx.run_id, step_id, step.name,
                                    output, None))
         return json.loads(output)
 
@@ -152,7 +152,7 @@ def _step_retry_delay(ctx: WorkflowContext, step: StepBase, attempt: int) -> flo
     policy, computed by the database; None when it is not retried."""
     if step.retry_policy is None:
         return None
-    row = ctx.call(_db.RETRY_DELAY, (dumps(step.retry_policy, "the retry policy"), attempt))
+    row = ctx.call(_queries.RETRY_DELAY, (dumps(step.retry_policy, "the retry policy"), attempt))
     return None if row is None or row["delay"] is None else float(row["delay"])
 
 
@@ -175,13 +175,32 @@ def context_from_claim(app: App, row: dict[str, Any], worker_id: str,
                         f"by the worker ({reason[:1000]})",
              "traceback": None}
     try:
-        # not retryable: another attempt would decode the same bytes
-        app._db.fetchone(_db.FAIL, (workflow_id, row.get("run_id"),
-                                    dumps(error, "the workflow error"), False, None))
+        # for good (retryable false): the same input fails the same way again
+        app._db.fetchone(_queries.FAIL, (workflow_id, row.get("run_id"),
+                                         dumps(error, "the workflow error"), False, None))
     except Exception as fail_exc:  # its lease expires; recovery retries the failure
         logger.warning("ratchet: could not record the failure of workflow %s: %s",
                        workflow_id, fail_exc, extra={"workflow_id": workflow_id})
     return None
+
+
+def heartbeat_loop(app: App, worker_id: str, lease: float,
+                   stop: Callable[[float], bool],
+                   running: Callable[[], list[str] | None]) -> None:
+    """Renew the leases of ``worker_id``'s runs every ``lease / 3`` seconds until
+    ``stop(interval)`` (which waits up to ``interval``) returns True. ``running()``
+    gives the workflow ids to renew: None for every run of the worker, an empty
+    list to skip this beat. A failed beat is logged; the next one retries (the
+    lease outlives two missed beats). The worker and direct calls share it."""
+    interval = lease / 3
+    while not stop(interval):
+        ids = running()
+        if ids is not None and not ids:
+            continue
+        try:
+            app._db.fetchone(_queries.HEARTBEAT, (worker_id, lease, ids))
+        except Exception as exc:
+            logger.warning("ratchet: heartbeat failed: %s", exc)
 
 
 def release(ctx: WorkflowContext, why: str) -> bool:
@@ -191,7 +210,7 @@ def release(ctx: WorkflowContext, why: str) -> bool:
     ctx.abort(_RunAborted(f"released: {why}"))
     try:
         with ctx.app._db.connection() as conn:
-            ctx.app._db.run(conn, _db.SUSPEND, (ctx.workflow_id, ctx.run_id, None, None, None))
+            ctx.app._db.run(conn, _queries.SUSPEND, (ctx.workflow_id, ctx.run_id, None, None, None))
     except Exception as exc:
         state = getattr(exc, "sqlstate", None)
         if state not in ("RT002", "RT006"):
@@ -236,7 +255,7 @@ def run_workflow(ctx: WorkflowContext) -> str:
         error = {"type": "UnknownWorkflow",
                  "message": f"no workflow named {ctx.name!r} is registered with the worker",
                  "traceback": None}
-        status = _end_call(ctx, _db.FAIL_RETRY_IN, (ctx.workflow_id, ctx.run_id,
+        status = _end_call(ctx, _queries.FAIL_RETRY_IN, (ctx.workflow_id, ctx.run_id,
                                                     dumps(error, "error"), 30.0))
         return "lost" if status is None else status or "failed"
     token = current_workflow.set(ctx)
@@ -283,7 +302,7 @@ def run_workflow(ctx: WorkflowContext) -> str:
             raised = exc
         else:
             try:
-                status = _end_call(ctx, _db.FINISH, (ctx.workflow_id, ctx.run_id, output))
+                status = _end_call(ctx, _queries.FINISH, (ctx.workflow_id, ctx.run_id, output))
             except RatchetError as exc:  # e.g. RT005: the output is too large
                 raised = exc
             else:
@@ -294,7 +313,7 @@ def run_workflow(ctx: WorkflowContext) -> str:
     error = error_payload(raised)
     # The database decides whether and when to retry (the workflow's policy).
     policy = None if wf.retry_policy is None else dumps(wf.retry_policy, "the retry policy")
-    status = _end_call(ctx, _db.FAIL, (ctx.workflow_id, ctx.run_id,
+    status = _end_call(ctx, _queries.FAIL, (ctx.workflow_id, ctx.run_id,
                                        dumps(error, "the workflow error"),
                                        not isinstance(raised, NonDeterminismError), policy))
     if status is None:
@@ -348,7 +367,7 @@ def patched(change_id: str) -> bool:
         decision = False
     else:
         step_id = ctx.take_step()
-        ctx.call(_db.RECORD_STEP, (ctx.workflow_id, ctx.run_id, step_id, marker,
+        ctx.call(_queries.RECORD_STEP, (ctx.workflow_id, ctx.run_id, step_id, marker,
                                    '{"patched": true}', None))
         decision = True
     ctx.patches[change_id] = decision
@@ -400,7 +419,7 @@ def sleep(seconds: float) -> None:
     rec = ctx.lookup(step_id, "sleep")
     if rec is not None and ctx.replaying_past(step_id):
         return
-    row = ctx.call(_db.DURABLE_SLEEP, (ctx.workflow_id, ctx.run_id, step_id, float(seconds)))
+    row = ctx.call(_queries.DURABLE_SLEEP, (ctx.workflow_id, ctx.run_id, step_id, float(seconds)))
     assert row is not None
     _wait_until(ctx, row["wake_at"], float(row["remaining_seconds"] or 0.0))
 
@@ -410,7 +429,7 @@ def _deadline(ctx: WorkflowContext, step_id: int, rec: dict[str, Any] | None,
     """A wait's deadline, recorded as a ``sleep`` step so it survives restarts."""
     if rec is not None:
         return (rec.get("output") or {})["wake_at"]
-    row = ctx.call(_db.DURABLE_SLEEP, (ctx.workflow_id, ctx.run_id, step_id, float(seconds)))
+    row = ctx.call(_queries.DURABLE_SLEEP, (ctx.workflow_id, ctx.run_id, step_id, float(seconds)))
     assert row is not None
     return row["wake_at"]
 
@@ -436,13 +455,13 @@ def recv(topic: str | None = None, timeout: float = 60.0) -> Any:
     started = time.monotonic()
     with app._listener.subscribe(MESSAGE, ctx.workflow_id) as sub:
         while True:
-            row = ctx.call(_db.RECV, (wake_at, ctx.workflow_id, ctx.run_id, recv_id, topic))
+            row = ctx.call(_queries.RECV, (wake_at, ctx.workflow_id, ctx.run_id, recv_id, topic))
             assert row is not None
             if not row["missing"]:
                 return row["message"]
             remaining = float(row["remaining"])
             if remaining <= 0:
-                ctx.call(_db.RECORD_STEP, (ctx.workflow_id, ctx.run_id, recv_id, "recv",
+                ctx.call(_queries.RECORD_STEP, (ctx.workflow_id, ctx.run_id, recv_id, "recv",
                                            None, None))
                 return None
             sub.wait(_wait_slice(ctx, started, remaining, wake_at, "message", topic))
@@ -470,7 +489,7 @@ def set_event(key: str, value: Any) -> None:
     step_id = ctx.take_step()
     if ctx.lookup(step_id, "set_event") is not None:
         return
-    ctx.call(_db.SET_EVENT, (ctx.workflow_id, ctx.run_id, step_id, key, payload))
+    ctx.call(_queries.SET_EVENT, (ctx.workflow_id, ctx.run_id, step_id, key, payload))
 
 
 def read_event(app: App, workflow_id: str, key: str, timeout: float | None) -> Any:
@@ -478,7 +497,7 @@ def read_event(app: App, workflow_id: str, key: str, timeout: float | None) -> A
     (None: don't wait). Returns None if it is not set."""
 
     def check() -> tuple[bool, Any]:
-        row = app._db.fetchone(_db.GET_EVENT, (workflow_id, key))
+        row = app._db.fetchone(_queries.GET_EVENT, (workflow_id, key))
         if row is None or row["missing"]:
             return False, None
         return True, row["value"]
@@ -501,7 +520,7 @@ def get_event(workflow_id: str, key: str, timeout: float | None = 60.0) -> Any:
         value = read_event(ctx.app, workflow_id, key, timeout)
     except psycopg.Error as exc:
         raise ctx.run_error(exc) from exc
-    ctx.call(_db.RECORD_STEP, (ctx.workflow_id, ctx.run_id, step_id, "get_event",
+    ctx.call(_queries.RECORD_STEP, (ctx.workflow_id, ctx.run_id, step_id, "get_event",
                                dumps(value, "event value"), None))
     return value
 
@@ -542,7 +561,7 @@ def start_child(ctx: WorkflowContext, name: str, params: dict[str, Any]) -> str:
                   step_name=step_name)
     if params.get("workflow_id") is None:
         params["workflow_id"] = f"{ctx.workflow_id}:{step_id}"
-    row = ctx.call(_db.START_CHILD, params)
+    row = ctx.call(_queries.START_CHILD, params)
     assert row is not None
     return str(row["workflow_id"])
 
@@ -595,34 +614,27 @@ def child_result(ctx: WorkflowContext, workflow_id: str, timeout: float | None) 
     started = time.monotonic()
     with app._listener.subscribe(ENDED, workflow_id) as sub:
         while True:
-            row = ctx.call(_CHILD_STATUS, (wake_at, wake_at, workflow_id))
+            row = ctx.call(_queries.CHILD_STATUS, (wake_at, wake_at, workflow_id))
             assert row is not None
             status = row["status"]
             if status in ENDED_STATUSES:
                 if status == "succeeded":
-                    ctx.call(_db.RECORD_STEP, (ctx.workflow_id, ctx.run_id, step_id, "result",
+                    ctx.call(_queries.RECORD_STEP, (ctx.workflow_id, ctx.run_id, step_id, "result",
                                                dumps(row["output"], "child output"), None))
                 else:
                     payload = _outcome_payload(workflow_id, status, row["error"])
-                    ctx.call(_db.RECORD_STEP, (ctx.workflow_id, ctx.run_id, step_id, "result",
+                    ctx.call(_queries.RECORD_STEP, (ctx.workflow_id, ctx.run_id, step_id, "result",
                                                None, dumps(payload, "child error")))
                 return _raise_outcome(workflow_id, status, row["output"], row["error"])
             remaining = row["remaining"]
             if remaining is not None and remaining <= 0:
                 msg = f"workflow {workflow_id!r} did not end within {timeout} s"
-                ctx.call(_db.RECORD_STEP, (ctx.workflow_id, ctx.run_id, step_id, "result",
+                ctx.call(_queries.RECORD_STEP, (ctx.workflow_id, ctx.run_id, step_id, "result",
                                            None, dumps({"type": "TimeoutError",
                                                         "message": msg}, "error")))
                 raise TimeoutError(msg)
             sub.wait(_wait_slice(ctx, started, remaining, wake_at, "child", workflow_id))
             ctx.check()
-
-
-_CHILD_STATUS = """select w.status, w.output, w.error,
-  case when %s::timestamptz is null then null
-       else extract(epoch from (%s::timestamptz - ratchet.now()))::float8
-  end as remaining
-  from ratchet.get_workflow(workflow_id => %s::text) as w"""
 
 
 def workflow_result(app: App, workflow_id: str, timeout: float | None,
@@ -631,7 +643,7 @@ def workflow_result(app: App, workflow_id: str, timeout: float | None,
     the workflow's output, or raise its outcome."""
 
     def check() -> tuple[bool, Any]:
-        row = app._db.fetchone(_db.STATUS, (workflow_id,))
+        row = app._db.fetchone(_queries.STATUS, (workflow_id,))
         assert row is not None
         return row["status"] in ENDED_STATUSES, row
 
@@ -653,12 +665,12 @@ def run_directly(app: App, workflow_id: str, worker_id: str, lease: float) -> An
     claim it first; then this just waits for the result."""
 
     def ended() -> tuple[bool, Any]:
-        row = app._db.fetchone(_db.STATUS, (workflow_id,))
+        row = app._db.fetchone(_queries.STATUS, (workflow_id,))
         assert row is not None
         return row["status"] in ENDED_STATUSES, row
 
     while True:
-        rows = app._db.fetchall(_db.CLAIM_WORKFLOW, {
+        rows = app._db.fetchall(_queries.CLAIM_WORKFLOW, {
             "workflow_id": workflow_id, "worker_id": worker_id, "lease": lease,
             "app_version": app.app_version})
         for row in rows:
@@ -675,7 +687,7 @@ def nested_run(parent: WorkflowContext, workflow_id: str) -> None:
     """Run a child started by a direct call inside a workflow in this thread,
     under the parent's worker (whose heartbeat renews its lease too)."""
     try:
-        rows = parent.app._db.fetchall(_db.CLAIM_WORKFLOW, {
+        rows = parent.app._db.fetchall(_queries.CLAIM_WORKFLOW, {
             "workflow_id": workflow_id, "worker_id": parent.worker_id, "lease": parent.lease,
             "app_version": parent.app.app_version})
     except psycopg.Error as exc:  # e.g. a lost connection: stops the parent's run, not fails it

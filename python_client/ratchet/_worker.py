@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from . import _db, _runtime
+from . import _queries, _runtime
 from ._app import make_worker_id
 from ._context import WorkflowContext
 from ._listener import queue_channel
@@ -181,7 +181,7 @@ class Worker:
 
     def _claim(self, count: int) -> int:
         try:
-            rows = self.app._db.fetchall(_db.CLAIM, {
+            rows = self.app._db.fetchall(_queries.CLAIM, {
                 "queues": self.queues, "worker_id": self.worker_id, "max_count": count,
                 "lease": self.lease,
                 # only what this worker can run: during a rolling deploy a
@@ -225,7 +225,7 @@ class Worker:
 
     def _tick(self) -> None:
         try:
-            row = self.app._db.fetchone(_db.TICK)
+            row = self.app._db.fetchone(_queries.TICK)
             if row and row["started"]:
                 logger.info("ratchet: started %s scheduled workflow(s)", row["started"])
         except Exception as exc:
@@ -247,7 +247,7 @@ class Worker:
             if self._stopping.is_set():
                 break
             try:
-                row = self.app._db.fetchone(_db.MAINTAIN, (self.maintenance_batch,))
+                row = self.app._db.fetchone(_queries.MAINTAIN, (self.maintenance_batch,))
             except Exception as exc:
                 logger.warning("ratchet: maintain() failed: %s", exc)
                 break
@@ -263,16 +263,12 @@ class Worker:
         return deleted
 
     def _heartbeat_loop(self) -> None:
-        interval = self.lease / 3
-        while not self._done.wait(interval):
-            with self._lock:
-                running = list(self._active)
-            if not running:
-                continue
-            try:
-                self.app._db.fetchone(_db.HEARTBEAT, (self.worker_id, self.lease, running))
-            except Exception as exc:
-                logger.warning("ratchet: heartbeat failed: %s", exc)
+        _runtime.heartbeat_loop(self.app, self.worker_id, self.lease, self._done.wait,
+                                self._running_ids)
+
+    def _running_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._active)
 
     def _shutdown(self) -> None:
         deadline = time.monotonic() + self.grace_period

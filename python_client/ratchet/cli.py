@@ -370,18 +370,14 @@ def _watch(args: argparse.Namespace, render: Callable[[], tuple[str, bool]]) -> 
 def _ls_frame(args: argparse.Namespace, app: App) -> tuple[str, Any]:
     created_after = None
     if args.since is not None:
-        now = app._db.fetchone("select ratchet.now() as t")
-        assert now is not None
-        created_after = now["t"] - timedelta(seconds=args.since)
+        created_after = app.now() - timedelta(seconds=args.since)
     rows = app.list_workflows(status=args.status, name=args.name, queue=args.queue,
                               parent_id=args.parent, created_after=created_after,
                               limit=args.limit + 1, offset=args.offset)
     truncated = len(rows) > args.limit
     rows = rows[: args.limit]
     statuses = app.workflow_statuses([w.workflow_id for w in rows])
-    now_row = app._db.fetchone("select ratchet.now() as t")
-    assert now_row is not None
-    now = now_row["t"]
+    now = app.now()
     if args.json:
         return "", {"workflows": [dict(_record(w), waiting_for=_record(statuses.get(
             w.workflow_id))) for w in rows], "truncated": truncated}
@@ -574,25 +570,29 @@ def cmd_queue(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _print_records(args: argparse.Namespace, records: Sequence[Any], empty: str,
+                   row: Callable[[Any], dict[str, Any]]) -> int:
+    """A listing command's output: JSON records, ``empty``, or a table of
+    ``row(record)`` (its keys are the columns)."""
+    if args.json:
+        _print_json([_record(x) for x in records])
+    elif not records:
+        print(empty)
+    else:
+        rows = [row(x) for x in records]
+        print(_table(rows, list(rows[0])))
+    return EXIT_OK
+
+
 def cmd_schedules(args: argparse.Namespace) -> int:
     with _app(args) as app:
         schedules = app.list_schedules()
-        now_row = app._db.fetchone("select ratchet.now() as t")
-    assert now_row is not None
-    if args.json:
-        _print_json([_record(x) for x in schedules])
-    elif not schedules:
-        print("no schedules")
-    else:
-        print(_table([{"name": x.name, "cron": x.cron, "timezone": x.timezone,
-                       "workflow": x.workflow_name, "queue": x.queue,
-                       "next_fire": f"{_fmt_time(x.next_fire_at)} "
-                                    f"({_until(x.next_fire_at, now_row['t'])})",
-                       "last_fired": _fmt_time(x.last_fired_at),
-                       "last_workflow": x.last_workflow_id} for x in schedules],
-                     ["name", "cron", "timezone", "workflow", "queue", "next_fire",
-                      "last_fired", "last_workflow"]))
-    return EXIT_OK
+        now = app.now()
+    return _print_records(args, schedules, "no schedules", lambda x: {
+        "name": x.name, "cron": x.cron, "timezone": x.timezone,
+        "workflow": x.workflow_name, "queue": x.queue,
+        "next_fire": f"{_fmt_time(x.next_fire_at)} ({_until(x.next_fire_at, now)})",
+        "last_fired": _fmt_time(x.last_fired_at), "last_workflow": x.last_workflow_id})
 
 
 def cmd_unschedule(args: argparse.Namespace) -> int:
@@ -608,21 +608,14 @@ def cmd_unschedule(args: argparse.Namespace) -> int:
 def cmd_workers(args: argparse.Namespace) -> int:
     with _app(args) as app:
         workers = app.list_workers()
-        now_row = app._db.fetchone("select ratchet.now() as t")
-    assert now_row is not None
-    now = now_row["t"]
-    if args.json:
-        _print_json([_record(w) for w in workers])
-    elif not workers:
-        print("no live workers (a worker shows here while it runs a workflow)")
-    else:
-        print(_table([{"worker_id": w.worker_id, "running": w.running,
-                       "queues": ",".join(w.queues),
-                       "last_heartbeat": f"{human_duration(now - w.last_heartbeat)} ago",
-                       "lease": "EXPIRED" if w.expired
-                       else f"until {_fmt_time(w.lease_expires_at)}"} for w in workers],
-                     ["worker_id", "running", "queues", "last_heartbeat", "lease"]))
-    return EXIT_OK
+        now = app.now()
+    return _print_records(
+        args, workers, "no live workers (a worker shows here while it runs a workflow)",
+        lambda w: {"worker_id": w.worker_id, "running": w.running,
+                   "queues": ",".join(w.queues),
+                   "last_heartbeat": f"{human_duration(now - w.last_heartbeat)} ago",
+                   "lease": "EXPIRED" if w.expired
+                   else f"until {_fmt_time(w.lease_expires_at)}"})
 
 
 def cmd_purge(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@
 
 What it does, in order:
 
-1. Starts its own throwaway PostgreSQL (:class:`ratchet._embedded.EmbeddedPostgres`),
+1. Starts its own throwaway PostgreSQL (:class:`ratchet.testing.EmbeddedPostgres`),
    creates a database, installs Ratchet from the plain-SQL script, creates the
    queue ``chaos``, the user tables of :mod:`tests.chaos.chaos_app` and an
    *audit* (triggers on ``ratchet.steps`` and ``ratchet.workflows``, test
@@ -67,8 +67,8 @@ import psycopg  # noqa: E402
 from psycopg.rows import dict_row  # noqa: E402
 from psycopg.types.json import Jsonb  # noqa: E402
 
-from ratchet._embedded import EmbeddedPostgres  # noqa: E402
 from ratchet._install import install  # noqa: E402
+from ratchet.testing import EmbeddedPostgres  # noqa: E402
 from tests.chaos import chaos_app  # noqa: E402
 
 FAULT_KINDS = ("kill9", "terminate", "restart", "stall")

@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "python_client"))
 
 import ratchet  # noqa: E402
-from ratchet._embedded import EmbeddedPostgres, find_bindir  # noqa: E402
 from ratchet._install import InstallError, install  # noqa: E402
+from ratchet.testing import EmbeddedPostgres, find_bindir  # noqa: E402
 
 Conn = psycopg.Connection[Any]
 SQL_OUT = ROOT / "python_client" / "ratchet" / "_sql"

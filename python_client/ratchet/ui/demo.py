@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", default="demo",
                         help="token for actions (default: demo; actions are on)")
     args = parser.parse_args(argv)
-    from .._embedded import EmbeddedPostgres
     from .._install import install
+    from ..testing import EmbeddedPostgres
     from .app import serve
 
     with EmbeddedPostgres() as pg:

@@ -585,7 +585,7 @@ class EmbeddedPostgres:
             what="initdb",
             timeout=300,
         )  # fmt: skip
-        lines = ["", "# Settings for a throwaway Ratchet test server (ratchet._embedded)."]
+        lines = ["", "# Settings for a throwaway Ratchet test server (ratchet.testing)."]
         lines += [f"{k} = {_quote_conf(v)}" for k, v in self._settings().items()]
         conf = self._datadir / "postgresql.conf"
         with conf.open("a") as f:
