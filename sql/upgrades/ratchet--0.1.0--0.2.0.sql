@@ -143,3 +143,8 @@ create index workflows_ended_idx on ratchet.workflows (queue, status, ended_at)
 create index if not exists messages_destination_idx on ratchet.messages (destination_id);
 create index if not exists messages_consumed_idx on ratchet.messages (consumed_at)
   where consumed_at is not null;
+-- Consumed messages now go after the queue's retention period.
+comment on table ratchet.messages is
+  'Messages sent to workflows. Consumed ones stay (consumed_at) for the retention period '
+  'of the destination''s queue, so a sender retrying with the same idempotency_key within '
+  'it never delivers twice; they go with their workflow in any case.';
