@@ -231,7 +231,7 @@ class Bench:
             conn.execute("set ratchet.notify = off")
             left = count
             while left > 0:
-                n = min(left, 50_000)
+                n = min(left, 10_000)  # start_workflows takes at most 10,000
                 conn.execute("select ratchet.start_workflows(%s, array(select '{\"args\": [3]}'"
                              "::jsonb from generate_series(1, %s)), %s)", (name, n, QUEUE))
                 left -= n
