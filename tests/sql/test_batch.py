@@ -29,7 +29,7 @@ def test_record_steps_writes_every_row_and_reports_ok(conn: psycopg.Connection[A
     ).fetchall()
     assert [o["outcome"] for o in out] == ["ok"] * 3
     assert [o["ord"] for o in out] == [1, 2, 3]
-    for r, name, value in zip(rows, "abc", (1, 2, 3)):
+    for r, name, value in zip(rows, "abc", (1, 2, 3), strict=True):
         step = conn.execute("select * from ratchet.get_steps(%s)", [r["workflow_id"]]).fetchone()
         assert step is not None and step["name"] == name and step["output"] == value
     assert sorted(ids) == sorted(r["workflow_id"] for r in rows)
