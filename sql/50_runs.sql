@@ -1,7 +1,7 @@
 -- What a worker writes while it runs a workflow: step checkpoints, the end of
 -- the run (finish, fail), and suspension (durable sleep and waits).
 --
--- Fencing: every function here first locks the workflow row and checks that
+-- Fencing: every function here first locks (ratchet._fence) the workflow row and checks that
 -- run_id is the workflow's current run and the workflow is running. The lock
 -- is what makes the check hold until commit: claim() cannot hand the workflow
 -- to another run in between, and a write that waited for a reclaim sees the
@@ -68,23 +68,6 @@ $$;
 comment on function ratchet._fence(text, bigint, boolean, boolean) is
   'Internal: the fence. Lock a workflow row and check that run_id is its live run; outcome '
   'ok/unknown/cancelled/stale_run/deadline_passed, or (p_raise) RT004/RT006/RT002/RT006.';
-
--- The single-row form: the locked row, or the fence's error.
-create function ratchet._lock_run(p_workflow_id text, p_run_id bigint, p_for_update boolean)
-returns ratchet.workflows
-language plpgsql
-set search_path = pg_catalog, pg_temp
-as $$
-declare
-  v_wf ratchet.workflows;
-begin
-  select (f.o_wf).* into v_wf from ratchet._fence(p_workflow_id, p_run_id, p_for_update, true) f;
-  return v_wf;
-end;
-$$;
-
-comment on function ratchet._lock_run(text, bigint, boolean) is
-  'Internal: lock a workflow row and raise RT004/RT002/RT006 unless run_id is its live run.';
 
 create function ratchet._check_step_args(p_step_id int, p_name text)
 returns void
@@ -166,7 +149,7 @@ begin
     perform ratchet._check_payload(p_output, 'step output');
     perform ratchet._check_payload(p_error, 'step error');
   end if;
-  perform ratchet._lock_run(p_workflow_id, p_run_id, false);
+  perform ratchet._fence(p_workflow_id, p_run_id, false, true);
   perform ratchet._insert_step(p_workflow_id, p_run_id, p_step_id, p_name, p_output, p_error,
                                ratchet.now());
 end;
@@ -196,7 +179,7 @@ begin
      or pg_catalog.jsonb_path_exists(p_output, 'strict $.**{101}') then  -- hot path: see record_step
     perform ratchet._check_payload(p_output, 'output');
   end if;
-  v_wf := ratchet._lock_run(p_workflow_id, p_run_id, true);
+  select (f.o_wf).* into v_wf from ratchet._fence(p_workflow_id, p_run_id, true, true) f;
   perform ratchet._end_run(v_wf, 'succeeded', p_output, null, v_now);
 end;
 $$;
@@ -396,7 +379,7 @@ declare
   v_wf     ratchet.workflows;
 begin
   perform ratchet._check_fail_args(p_error, p_retry_in, p_retryable);
-  v_wf := ratchet._lock_run(p_workflow_id, p_run_id, true);
+  select (f.o_wf).* into v_wf from ratchet._fence(p_workflow_id, p_run_id, true, true) f;
   return ratchet._fail_run(v_wf, p_error, p_retry_in, p_retryable, p_policy, v_now);
 end;
 $$;
@@ -457,7 +440,7 @@ begin
       perform ratchet._check_name(v_key, 'wait_key (topic)');
     end if;
   end if;
-  v_wf := ratchet._lock_run(p_workflow_id, p_run_id, true);
+  select (f.o_wf).* into v_wf from ratchet._fence(p_workflow_id, p_run_id, true, true) f;
 
   if p_until <= v_now or p_wait_for is null then
     perform ratchet._requeue(v_wf, v_start_at, null, null, false, null, v_now);
@@ -505,7 +488,7 @@ declare
   v_step ratchet.steps;
 begin
   perform ratchet._check_step_args(p_step_id, 'sleep');
-  perform ratchet._lock_run(p_workflow_id, p_run_id, false);
+  perform ratchet._fence(p_workflow_id, p_run_id, false, true);
   select * into v_step from ratchet.steps s
    where s.workflow_id = p_workflow_id and s.step_id = p_step_id;
   if found then

@@ -143,3 +143,6 @@ create index workflows_ended_idx on ratchet.workflows (queue, status, ended_at)
 create index if not exists messages_destination_idx on ratchet.messages (destination_id);
 create index if not exists messages_consumed_idx on ratchet.messages (consumed_at)
   where consumed_at is not null;
+-- ---- batch: one fence for single-row and batched writes ----
+-- _lock_run became _fence (it can report an outcome per row instead of raising).
+drop function if exists ratchet._lock_run(text, bigint, boolean);
