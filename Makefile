@@ -85,6 +85,7 @@ chaos: sql deps ## Long chaos run: thousands of workflows under injected faults
 
 bench: sql deps ## Benchmarks; writes docs/benchmarks.md
 	$(PY) bench/run.py --out docs/benchmarks.md
+	$(PY) bench/batch.py --out docs/benchmarks.md
 
 demo: sql deps ## The demo: crash a worker mid-workflow and watch it recover
 	$(PY) -m ratchet demo

@@ -1,58 +1,73 @@
 -- What a worker writes while it runs a workflow: step checkpoints, the end of
 -- the run (finish, fail), and suspension (durable sleep and waits).
 --
--- Fencing: every function here first locks the workflow row and checks that
+-- Fencing: every function here first locks (ratchet._fence) the workflow row and checks that
 -- run_id is the workflow's current run and the workflow is running. The lock
 -- is what makes the check hold until commit: claim() cannot hand the workflow
 -- to another run in between, and a write that waited for a reclaim sees the
 -- new run_id and fails with RT002.
 
--- Lock the workflow row (FOR SHARE for step writes, FOR NO KEY UPDATE when the
--- row itself changes) and check that p_run_id is its current, live run.
-create function ratchet._lock_run(p_workflow_id text, p_run_id bigint, p_for_update boolean)
-returns ratchet.workflows
+-- The fence, the one rule every write of a run passes: lock the workflow row
+-- (FOR SHARE for step writes, FOR NO KEY UPDATE when the row itself changes)
+-- and check that p_run_id is its current, live run. o_outcome: 'ok',
+-- 'unknown' (RT004), 'cancelled' (RT006), 'stale_run' (RT002) or
+-- 'deadline_passed' (RT006). p_raise: raise that error instead of returning
+-- an outcome other than 'ok' (the single-row functions); the batched
+-- functions (sql/55_batch.sql) pass false and report the outcome per row.
+create function ratchet._fence(
+  p_workflow_id text, p_run_id bigint, p_for_update boolean, p_raise boolean,
+  out o_wf ratchet.workflows, out o_outcome text)
 language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
-declare
-  v_wf ratchet.workflows;
 begin
   if p_run_id is null then
     perform ratchet._raise('RT005', 'run_id must not be NULL',
       'pass the run_id that claim() returned for this workflow');
   end if;
   if p_for_update then
-    select * into v_wf from ratchet.workflows w where w.workflow_id = p_workflow_id
+    select * into o_wf from ratchet.workflows w where w.workflow_id = p_workflow_id
        for no key update;
   else
-    select * into v_wf from ratchet.workflows w where w.workflow_id = p_workflow_id
+    select * into o_wf from ratchet.workflows w where w.workflow_id = p_workflow_id
        for share;
   end if;
   if not found then
-    perform ratchet._raise('RT004', pg_catalog.format('unknown workflow "%s"', p_workflow_id),
-      'the workflow may have been purged');
+    o_outcome := 'unknown';
+    if p_raise then
+      perform ratchet._raise('RT004', pg_catalog.format('unknown workflow "%s"', p_workflow_id),
+        'the workflow may have been purged');
+    end if;
+  elsif o_wf.status = 'cancelled' then
+    o_outcome := 'cancelled';
+    if p_raise then
+      perform ratchet._raise('RT006', pg_catalog.format('workflow "%s" was cancelled', p_workflow_id),
+        'stop running it; nothing of this run is recorded from now on');
+    end if;
+  elsif o_wf.status <> 'running' or o_wf.run_id is distinct from p_run_id then
+    o_outcome := 'stale_run';
+    if p_raise then
+      perform ratchet._raise('RT002',
+        pg_catalog.format('run %s of workflow "%s" is no longer current (status %s, current run %s)',
+                          p_run_id, p_workflow_id, o_wf.status, coalesce(o_wf.run_id::text, 'none')),
+        'the lease was lost and the workflow reclaimed, or the run ended; stop running it');
+    end if;
+  elsif o_wf.deadline is not null and o_wf.deadline < ratchet.now() then
+    o_outcome := 'deadline_passed';
+    if p_raise then
+      perform ratchet._raise('RT006',
+        pg_catalog.format('workflow "%s" passed its deadline (%s)', p_workflow_id, o_wf.deadline),
+        'stop running it; the next claim() or heartbeat() cancels it');
+    end if;
+  else
+    o_outcome := 'ok';
   end if;
-  if v_wf.status = 'cancelled' then
-    perform ratchet._raise('RT006', pg_catalog.format('workflow "%s" was cancelled', p_workflow_id),
-      'stop running it; nothing of this run is recorded from now on');
-  end if;
-  if v_wf.status <> 'running' or v_wf.run_id is distinct from p_run_id then
-    perform ratchet._raise('RT002',
-      pg_catalog.format('run %s of workflow "%s" is no longer current (status %s, current run %s)',
-                        p_run_id, p_workflow_id, v_wf.status, coalesce(v_wf.run_id::text, 'none')),
-      'the lease was lost and the workflow reclaimed, or the run ended; stop running it');
-  end if;
-  if v_wf.deadline is not null and v_wf.deadline < ratchet.now() then
-    perform ratchet._raise('RT006',
-      pg_catalog.format('workflow "%s" passed its deadline (%s)', p_workflow_id, v_wf.deadline),
-      'stop running it; the next claim() or heartbeat() cancels it');
-  end if;
-  return v_wf;
 end;
 $$;
 
-comment on function ratchet._lock_run(text, bigint, boolean) is
-  'Internal: lock a workflow row and raise RT004/RT002/RT006 unless run_id is its live run.';
+comment on function ratchet._fence(text, bigint, boolean, boolean) is
+  'Internal: the fence. Lock a workflow row and check that run_id is its live run; outcome '
+  'ok/unknown/cancelled/stale_run/deadline_passed, or (p_raise) RT004/RT006/RT002/RT006.';
 
 create function ratchet._check_step_args(p_step_id int, p_name text)
 returns void
@@ -134,7 +149,7 @@ begin
     perform ratchet._check_payload(p_output, 'step output');
     perform ratchet._check_payload(p_error, 'step error');
   end if;
-  perform ratchet._lock_run(p_workflow_id, p_run_id, false);
+  perform ratchet._fence(p_workflow_id, p_run_id, false, true);
   perform ratchet._insert_step(p_workflow_id, p_run_id, p_step_id, p_name, p_output, p_error,
                                ratchet.now());
 end;
@@ -164,7 +179,7 @@ begin
      or pg_catalog.jsonb_path_exists(p_output, 'strict $.**{101}') then  -- hot path: see record_step
     perform ratchet._check_payload(p_output, 'output');
   end if;
-  v_wf := ratchet._lock_run(p_workflow_id, p_run_id, true);
+  select (f.o_wf).* into v_wf from ratchet._fence(p_workflow_id, p_run_id, true, true) f;
   perform ratchet._end_run(v_wf, 'succeeded', p_output, null, v_now);
 end;
 $$;
@@ -277,6 +292,61 @@ comment on function ratchet.retry_delay(jsonb, int) is
   'Delay before the next attempt after attempt number attempt failed, from a retry policy '
   '(exponential backoff capped by max_delay, optional jitter); NULL when no attempt is left.';
 
+-- RT005 unless the arguments of fail() are valid.
+create function ratchet._check_fail_args(p_error jsonb, p_retry_in interval, p_retryable boolean)
+returns void
+language plpgsql
+immutable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  perform ratchet._check_payload(p_error, 'error');
+  if p_retry_in < interval '0' or p_retry_in > interval '100 years' then
+    perform ratchet._raise('RT005', pg_catalog.format('retry_in must be between 0 and 100 years, got %s', p_retry_in),
+      'pass NULL to use the workflow''s retry policy, or a delay such as ''5 seconds''');
+  end if;
+  if p_retryable is null then
+    perform ratchet._raise('RT005', 'retryable must not be NULL',
+      'retryable => false fails the workflow for good');
+  end if;
+end;
+$$;
+
+comment on function ratchet._check_fail_args(jsonb, interval, boolean) is
+  'Internal: RT005 unless error, retry_in and retryable are valid arguments of fail().';
+
+-- The end of a failed run (p_wf: its row, locked and fenced by the caller):
+-- retried by the policy or retry_in while attempts are left, else failed (dead
+-- when retry_in was given). fail() and fail_many() (sql/55_batch.sql).
+create function ratchet._fail_run(
+  p_wf ratchet.workflows, p_error jsonb, p_retry_in interval, p_retryable boolean,
+  p_policy jsonb, p_now timestamptz)
+returns text
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_delay  interval := p_retry_in;
+  v_status text;
+begin
+  if v_delay is null and p_retryable and coalesce(p_wf.retry_policy, p_policy) is not null then
+    v_delay := ratchet.retry_delay(coalesce(p_wf.retry_policy, p_policy), p_wf.attempts);
+  end if;
+
+  if p_retryable and v_delay is not null and p_wf.attempts < p_wf.max_attempts then
+    perform ratchet._requeue(p_wf, p_now + v_delay, null, null, true, p_error, p_now);
+    return 'enqueued';
+  end if;
+
+  v_status := case when p_retryable and p_retry_in is not null then 'dead' else 'failed' end;
+  perform ratchet._end_run(p_wf, v_status, null, p_error, p_now);
+  return v_status;
+end;
+$$;
+
+comment on function ratchet._fail_run(ratchet.workflows, jsonb, interval, boolean, jsonb, timestamptz) is
+  'Internal: end a failed, fenced run: re-enqueue it by its retry policy or retry_in, or end it failed/dead.';
+
 -- fail: the run failed. retryable (the default) and a stored retry policy:
 -- the workflow is re-enqueued after the policy's delay while it has attempts
 -- left (attempts < max_attempts), else it ends failed. retryable false, or no
@@ -307,31 +377,10 @@ declare
   p_policy      alias for $6;
   v_now    timestamptz := ratchet.now();
   v_wf     ratchet.workflows;
-  v_delay  interval := p_retry_in;
-  v_status text;
 begin
-  perform ratchet._check_payload(p_error, 'error');
-  if p_retry_in < interval '0' or p_retry_in > interval '100 years' then
-    perform ratchet._raise('RT005', pg_catalog.format('retry_in must be between 0 and 100 years, got %s', p_retry_in),
-      'pass NULL to use the workflow''s retry policy, or a delay such as ''5 seconds''');
-  end if;
-  if p_retryable is null then
-    perform ratchet._raise('RT005', 'retryable must not be NULL',
-      'retryable => false fails the workflow for good');
-  end if;
-  v_wf := ratchet._lock_run(p_workflow_id, p_run_id, true);
-  if v_delay is null and p_retryable and coalesce(v_wf.retry_policy, p_policy) is not null then
-    v_delay := ratchet.retry_delay(coalesce(v_wf.retry_policy, p_policy), v_wf.attempts);
-  end if;
-
-  if p_retryable and v_delay is not null and v_wf.attempts < v_wf.max_attempts then
-    perform ratchet._requeue(v_wf, v_now + v_delay, null, null, true, p_error, v_now);
-    return 'enqueued';
-  end if;
-
-  v_status := case when p_retryable and p_retry_in is not null then 'dead' else 'failed' end;
-  perform ratchet._end_run(v_wf, v_status, null, p_error, v_now);
-  return v_status;
+  perform ratchet._check_fail_args(p_error, p_retry_in, p_retryable);
+  select (f.o_wf).* into v_wf from ratchet._fence(p_workflow_id, p_run_id, true, true) f;
+  return ratchet._fail_run(v_wf, p_error, p_retry_in, p_retryable, p_policy, v_now);
 end;
 $$;
 
@@ -391,7 +440,7 @@ begin
       perform ratchet._check_name(v_key, 'wait_key (topic)');
     end if;
   end if;
-  v_wf := ratchet._lock_run(p_workflow_id, p_run_id, true);
+  select (f.o_wf).* into v_wf from ratchet._fence(p_workflow_id, p_run_id, true, true) f;
 
   if p_until <= v_now or p_wait_for is null then
     perform ratchet._requeue(v_wf, v_start_at, null, null, false, null, v_now);
@@ -439,7 +488,7 @@ declare
   v_step ratchet.steps;
 begin
   perform ratchet._check_step_args(p_step_id, 'sleep');
-  perform ratchet._lock_run(p_workflow_id, p_run_id, false);
+  perform ratchet._fence(p_workflow_id, p_run_id, false, true);
   select * into v_step from ratchet.steps s
    where s.workflow_id = p_workflow_id and s.step_id = p_step_id;
   if found then

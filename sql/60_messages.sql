@@ -94,7 +94,7 @@ begin
   if pg_catalog.octet_length(p_topic) > 200 then
     perform ratchet._check_name(p_topic, 'topic');
   end if;
-  perform ratchet._lock_run(p_workflow_id, p_run_id, false);
+  perform ratchet._fence(p_workflow_id, p_run_id, false, true);
   if exists (select 1 from ratchet.steps s
               where s.workflow_id = p_workflow_id and s.step_id = p_step_id) then
     perform ratchet._insert_step(p_workflow_id, p_run_id, p_step_id, 'recv', null, null, v_now);
@@ -146,7 +146,7 @@ begin
   perform ratchet._check_step_args(p_step_id, 'set_event');
   perform ratchet._check_name(p_key, 'event key');
   perform ratchet._check_payload(p_value, 'event value');
-  perform ratchet._lock_run(p_workflow_id, p_run_id, false);
+  perform ratchet._fence(p_workflow_id, p_run_id, false, true);
   perform ratchet._insert_step(p_workflow_id, p_run_id, p_step_id, 'set_event',
     pg_catalog.jsonb_build_object('key', p_key, 'value', p_value), null, v_now);
   insert into ratchet.events as e (workflow_id, key, value, updated_at)

@@ -65,6 +65,7 @@ grant execute on function
   ratchet.version(), ratchet.now(),
   ratchet.start_workflow(text, jsonb, text, text, int, text, timestamptz, interval, int, text, jsonb, text),
   ratchet.start_workflows(text, jsonb[], text, text[]),
+  ratchet.start_workflows(jsonb),
   ratchet.get_workflow(text), ratchet.get_steps(text), ratchet.get_runs(text),
   ratchet.wait_result(text, interval), ratchet.explain(text),
   ratchet.send(text, jsonb, text, text), ratchet.get_event(text, text),
@@ -99,7 +100,11 @@ grant execute on function
   ratchet.durable_sleep(text, bigint, int, double precision),
   ratchet.recv(text, bigint, int, text),
   ratchet.set_event(text, bigint, int, text, jsonb),
-  ratchet.tick()
+  ratchet.tick(),
+  ratchet.record_steps(text[], bigint[], int[], text[], jsonb[], jsonb[]),
+  ratchet.finish_many(text[], bigint[], jsonb[]),
+  ratchet.fail_many(text[], bigint[], jsonb[], interval[], boolean[], jsonb[]),
+  ratchet.finish_and_claim(text[], bigint[], jsonb[], text[], text, int, interval, text[], text)
   to ratchet_worker;
 end if;
 

@@ -69,6 +69,8 @@ class WorkflowContext:
     stop: threading.Event = field(default_factory=threading.Event)
     #: what ratchet.patched() decided for each change id in this run
     patches: dict[str, bool] = field(default_factory=dict)
+    #: the worker's finish batcher (ratchet._batch), None: finish alone
+    finisher: Any = None
 
     @classmethod
     def from_claim(cls, app: App, row: dict[str, Any], worker_id: str,

@@ -191,3 +191,13 @@ WORKERS = """select w.worker_id, count(*)::int as running,
  where w.status = 'running' and w.worker_id is not null
  group by w.worker_id
  order by w.worker_id"""
+
+# Batched finishes with the next claim in one call and one commit (_batch.py).
+FINISH_AND_CLAIM = """select ord, workflow_id, outcome,
+  name, input::text as input, run_id, attempt, steps::text as steps
+  from ratchet.finish_and_claim(
+  workflow_ids => %(workflow_ids)s::text[], run_ids => %(run_ids)s::bigint[],
+  outputs => %(outputs)s::jsonb[],
+  queues => %(queues)s::text[], worker_id => %(worker_id)s::text,
+  max_count => %(max_count)s::int, lease => %(lease)s::float8 * interval '1 second',
+  names => %(names)s::text[], app_version => %(app_version)s::text)"""

@@ -239,6 +239,28 @@ def _end_call(ctx: WorkflowContext, query: str, params: Any) -> str | None:
     return "" if value is None else str(value)
 
 
+def _finish_batched(ctx: WorkflowContext, output: str) -> str | None:
+    """finish through the worker's batcher (one commit for many finishes);
+    like :func:`_end_call`: None if the run was lost. Returns once the batch
+    committed."""
+    try:
+        ctx.check()
+        try:
+            outcome = ctx.finisher.finish(ctx.workflow_id, ctx.run_id, output)
+        except psycopg.Error as exc:
+            raise ctx.run_error(exc) from exc
+        if outcome != "ok":
+            raise ctx.abort(_RunAborted(f"{outcome.replace('_', ' ')} (finish_and_claim)"))
+    except _RunAborted as lost:
+        if lost.release:
+            release(ctx, lost.reason)
+        else:
+            logger.info("ratchet: workflow %s: %s; dropping this run", ctx.workflow_id,
+                        lost.reason, extra=ctx.log_extra())
+        return None
+    return ""
+
+
 def run_workflow(ctx: WorkflowContext) -> str:
     """Run a claimed workflow to the end of this run and record the outcome.
 
@@ -302,7 +324,10 @@ def run_workflow(ctx: WorkflowContext) -> str:
             raised = exc
         else:
             try:
-                status = _end_call(ctx, _queries.FINISH, (ctx.workflow_id, ctx.run_id, output))
+                if ctx.finisher is not None:
+                    status = _finish_batched(ctx, output)
+                else:
+                    status = _end_call(ctx, _queries.FINISH, (ctx.workflow_id, ctx.run_id, output))
             except RatchetError as exc:  # e.g. RT005: the output is too large
                 raised = exc
             else:

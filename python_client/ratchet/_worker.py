@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _queries, _runtime
 from ._app import make_worker_id
+from ._batch import FinishBatcher
 from ._context import WorkflowContext
 from ._listener import queue_channel
 
@@ -56,7 +57,7 @@ class Worker:
                  concurrency: int = 16, lease: float = 30.0, poll_interval: float | None = None,
                  grace_period: float = 10.0, install_signal_handlers: bool = True,
                  worker_id: str | None = None, maintenance_interval: float | None = 60.0,
-                 maintenance_batch: int = 500) -> None:
+                 maintenance_batch: int = 500, batch_finishes: bool = True) -> None:
         if isinstance(queues, str):
             queues = [queues]
         if concurrency < 1:
@@ -87,6 +88,10 @@ class Worker:
         self._done = threading.Event()
         self._started = threading.Event()
         self._claim_backoff = 0.0
+        #: write finishes in batches with the next claim (finish_and_claim)
+        self.batch_finishes = batch_finishes
+        self._finisher: FinishBatcher | None = None
+        self._claim_lock = threading.Lock()
         #: counts of outcomes, for tests and curiosity
         self.outcomes: dict[str, int] = {}
 
@@ -141,6 +146,10 @@ class Worker:
             channels = [queue_channel(q) for q in self.queues]
             subs = [self.app._listener.subscribe(ch, None, self._notified) for ch in channels]
             self.app._listener.add_channels(channels)
+            if self.batch_finishes:
+                self._finisher = FinishBatcher(
+                    self.app, queues=self.queues, worker_id=self.worker_id, lease=self.lease,
+                    claim_count=self._batch_claim_count, on_claimed=self._spawn)
             heartbeat.start()
             if self.maintenance_interval is not None:
                 maintenance.start()
@@ -154,6 +163,8 @@ class Worker:
                     sub.close()
                 self._shutdown()
         finally:
+            if self._finisher is not None:
+                self._finisher.close()
             self._stopping.set()
             self._done.set()
             for sig, handler in previous.items():
@@ -179,7 +190,25 @@ class Worker:
                 continue  # maybe more work: claim again at once (or when a slot frees)
             self._wake.wait(min(self.poll_interval, max(0.0, next_tick - time.monotonic())))
 
+    def _batch_claim_count(self, finishing: int) -> int:
+        """How many to claim with a batch of finishes: the slots free once they
+        are done (they still count as running). Holds the claim lock until
+        the claimed rows are started (_spawn), so the loop does not claim the
+        same slots."""
+        if self._stopping.is_set():
+            return 0
+        self._claim_lock.acquire()
+        self._batch_claiming = True
+        return max(0, self.concurrency - self.running_count + finishing)
+
     def _claim(self, count: int) -> int:
+        with self._claim_lock:
+            count = min(count, self.concurrency - self.running_count)
+            if count <= 0:
+                return 0
+            return self._claim_locked(count)
+
+    def _claim_locked(self, count: int) -> int:
         try:
             rows = self.app._db.fetchall(_queries.CLAIM, {
                 "queues": self.queues, "worker_id": self.worker_id, "max_count": count,
@@ -196,17 +225,33 @@ class Worker:
             self._stopping.wait(self._claim_backoff)
             return 0
         self._claim_backoff = 0.0
+        self._start(rows)
+        return len(rows)
+
+    def _spawn(self, rows: list[dict[str, Any]]) -> None:
+        """Start what a batch claimed (FinishBatcher) and release the claim lock."""
+        try:
+            self._start(rows)
+        finally:
+            self._release_batch_claim()
+
+    def _release_batch_claim(self) -> None:
+        if getattr(self, "_batch_claiming", False):
+            self._batch_claiming = False
+            self._claim_lock.release()
+
+    def _start(self, rows: Any) -> None:
         for row in rows:
             ctx = _runtime.context_from_claim(self.app, dict(row), self.worker_id, self.lease)
             if ctx is None:  # undecodable: failed alone, its neighbours run
                 self.outcomes["undecodable"] = self.outcomes.get("undecodable", 0) + 1
                 continue
+            ctx.finisher = self._finisher
             with self._lock:
                 self._active[ctx.workflow_id] = ctx
             thread = threading.Thread(target=self._run_one, args=(ctx,), daemon=True,
                                       name=f"ratchet-run-{ctx.workflow_id}")
             thread.start()
-        return len(rows)
 
     def _run_one(self, ctx: WorkflowContext) -> None:
         outcome = "error"

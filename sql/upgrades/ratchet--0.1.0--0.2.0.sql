@@ -148,3 +148,6 @@ comment on table ratchet.messages is
   'Messages sent to workflows. Consumed ones stay (consumed_at) for the retention period '
   'of the destination''s queue, so a sender retrying with the same idempotency_key within '
   'it never delivers twice; they go with their workflow in any case.';
+-- ---- batch: one fence for single-row and batched writes ----
+-- _lock_run became _fence (it can report an outcome per row instead of raising).
+drop function if exists ratchet._lock_run(text, bigint, boolean);

@@ -95,7 +95,7 @@ create table chaos_audit.claims (
   worker_id text, attempts int, at timestamptz not null default clock_timestamp());
 
 -- Every checkpoint write, with the run that was current when it was written. The
--- writer holds a lock on the workflow row (ratchet._lock_run), so the row read
+-- writer holds a lock on the workflow row (ratchet._fence), so the row read
 -- here is the state the fencing check saw.
 create function chaos_audit.on_step() returns trigger language plpgsql as $$
 declare

@@ -1,0 +1,157 @@
+"""Batched finishes: a worker running many workflows writes the finishes that
+are ready within about a millisecond (or a full batch) in one call and one
+commit, ``ratchet.finish_and_claim``, which also claims workflows for the
+slots those finishes free.
+
+Each finish is fenced on its own run_id in the database and gets its own
+outcome, so a stale run is dropped alone. A workflow thread waits for the
+commit of its batch before it returns: nothing is reported finished before it
+is durable. A database error fails every finish of that batch the way it
+fails a single finish (the run is released, nothing is recorded for it); an
+RT005 (one output the database refuses) sends that batch's finishes one by
+one, so only the bad one sees it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from . import _queries
+
+if TYPE_CHECKING:
+    from ._app import App
+
+logger = logging.getLogger("ratchet")
+
+@dataclass
+class _Pending:
+    workflow_id: str
+    run_id: int
+    output: str
+    done: threading.Event = field(default_factory=threading.Event)
+    outcome: str | None = None
+    error: psycopg.Error | None = None
+
+
+class FinishBatcher:
+    """Collects finishes from workflow threads and writes them in batches.
+
+    ``claim_count(batch_size)`` says how many workflows to claim with a batch
+    (0 while the worker stops); ``on_claimed(rows)`` starts them.
+    """
+
+    def __init__(self, app: App, *, queues: list[str], worker_id: str, lease: float,
+                 claim_count: Callable[[int], int],
+                 on_claimed: Callable[[list[dict[str, Any]]], None],
+                 window: float = 0.001, max_batch: int = 100) -> None:
+        self.app = app
+        self.queues = queues
+        self.worker_id = worker_id
+        self.lease = lease
+        self.claim_count = claim_count
+        self.on_claimed = on_claimed
+        self.window = window
+        self.max_batch = max_batch
+        #: batches written and finishes in them, for tests and benchmarks
+        self.batches = 0
+        self.finishes = 0
+        self._pending: list[_Pending] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="ratchet-finisher")
+        self._thread.start()
+
+    def finish(self, workflow_id: str, run_id: int, output: str) -> str:
+        """Finish this run in the next batch; returns its outcome (``ok``,
+        ``stale_run``, ...) once the batch committed. Raises the batch's
+        ``psycopg.Error`` if it did not."""
+        item = _Pending(workflow_id, run_id, output)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the finish batcher is closed")
+            self._pending.append(item)
+            self._cond.notify()
+        item.done.wait()
+        if item.error is not None:
+            raise item.error
+        assert item.outcome is not None
+        return item.outcome
+
+    def close(self) -> None:
+        """Write what is pending and stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                # gather what becomes ready within the window, up to a full batch
+                if len(self._pending) < self.max_batch and not self._closed:
+                    self._cond.wait(self.window)
+                batch = self._pending[:self.max_batch]
+                del self._pending[:self.max_batch]
+            self._write(batch)
+
+    def _write(self, batch: list[_Pending]) -> None:
+        claimed: list[dict[str, Any]] = []
+        count = self.claim_count(len(batch))
+        try:
+            claimed = self._write_batch(batch, count)
+        finally:
+            self.on_claimed(claimed)  # always: it releases the worker's claim slots
+
+    def _write_batch(self, batch: list[_Pending], count: int) -> list[dict[str, Any]]:
+        params = {
+            "workflow_ids": [p.workflow_id for p in batch], "run_ids": [p.run_id for p in batch],
+            "outputs": [p.output for p in batch], "queues": self.queues,
+            "worker_id": self.worker_id, "max_count": count, "lease": self.lease,
+            "names": sorted(self.app._workflows), "app_version": self.app.app_version}
+        try:
+            with self.app._db.connection() as conn:
+                rows = self.app._db.run(conn, _queries.FINISH_AND_CLAIM, params).fetchall()
+        except psycopg.Error as exc:
+            if exc.sqlstate == "RT005" and len(batch) > 1:
+                for item in batch:  # one output is refused: each alone, so only it fails
+                    self._write_one(item)
+                return []
+            for item in batch:
+                item.error = exc
+                item.done.set()
+            return []
+        except BaseException as exc:  # not a database error: the run is released
+            logger.warning("ratchet: batched finish failed: %s", exc)
+            err = psycopg.OperationalError(f"batched finish failed: {exc}")
+            for item in batch:
+                item.error = err
+                item.done.set()
+            return []
+        self.batches += 1
+        self.finishes += len(batch)
+        for r in rows:
+            if r["ord"] is not None:
+                batch[r["ord"] - 1].outcome = r["outcome"]
+        for item in batch:
+            item.done.set()
+        return [dict(r) for r in rows if r["outcome"] == "claimed"]
+
+    def _write_one(self, item: _Pending) -> None:
+        try:
+            with self.app._db.connection() as conn:
+                self.app._db.run(conn, _queries.FINISH,
+                                 (item.workflow_id, item.run_id, item.output))
+            item.outcome = "ok"
+        except psycopg.Error as exc:
+            item.error = exc
+        item.done.set()
