@@ -113,6 +113,9 @@ create index workflows_parent_idx on ratchet.workflows (parent_id)
 -- oldest first; one range scan per (queue, status) finds what is due.
 create index workflows_ended_idx on ratchet.workflows (queue, status, ended_at)
   where ended_at is not null;
+-- Throughput over a recent window (dashboard, ratchet.metrics()): by end time.
+create index workflows_ended_at_idx on ratchet.workflows (ended_at)
+  where ended_at is not null;
 -- Operator listings (`ratchet ls`) newest first.
 create index workflows_created_idx on ratchet.workflows (created_at);
 

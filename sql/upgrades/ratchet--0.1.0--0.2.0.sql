@@ -151,3 +151,6 @@ comment on table ratchet.messages is
 -- ---- batch: one fence for single-row and batched writes ----
 -- _lock_run became _fence (it can report an outcome per row instead of raising).
 drop function if exists ratchet._lock_run(text, bigint, boolean);
+-- ---- dashboard: throughput by end time ----
+create index workflows_ended_at_idx on ratchet.workflows (ended_at)
+  where ended_at is not null;
