@@ -681,6 +681,24 @@ def render(res: Results, quick: bool) -> str:
             lat = res.cell(t.name, "jobs", x).latency_ms
             row.append(f"{pctl(lat, 50):.1f} / {pctl(lat, 99):.1f}" if lat else "not measured")
         w(f"| {t.name} | " + " | ".join(row) + " |")
+    w("")
+    w("### What bounds the figures")
+    w("")
+    w("Every tool here makes each claim and each completion its own commit, and with "
+      "synchronous_commit on each commit waits for its WAL flush. So commits per second, "
+      "jobs/s x commits per job, is the figure to compare with the server's serial commit "
+      "rate at W=1 (one commit in flight at a time); above that, concurrent commits share "
+      "flushes (group commit) and the 2 CPU cores, which also run the workers, become the "
+      "bound. Commits per second at each worker count, this run (jobs workload):")
+    w("")
+    w("| tool | " + " | ".join(f"W={x}" for x in cfg.workers) + " |")
+    w("|---" * (1 + len(cfg.workers)) + "|")
+    for t in res.tools:
+        row = []
+        for x in cfg.workers:
+            c = res.cells.get((t.name, "jobs", x))
+            row.append(f"{med(c.rates) * med(c.commits):,.0f}" if c and c.rates else "-")
+        w(f"| {t.name} | " + " | ".join(row) + " |")
     if res.profile:
         total = sum(p[2] for p in res.profile) or 1.0
         w("")
