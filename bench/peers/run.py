@@ -614,8 +614,9 @@ def render(res: Results, quick: bool) -> str:
         RatchetPy.name: "`ratchet worker bench_app:app --concurrency W` (threads), LISTEN/NOTIFY",
         RatchetSql.name: "pgbench, W clients: `claim` (+ `record_step` x3) + `finish`, "
                          "one call per statement; no worker process, no latency row",
-        PgBoss.name: "node, W `boss.work()` loops, batchSize 1, pollingIntervalSeconds 0.5 "
-                     "(v10's minimum; pg-boss 10 polls, it has no LISTEN)",
+        PgBoss.name: "node, W loops of `fetch()` (batchSize 1) + `complete()`, an empty fetch "
+                     "waits 0.5 s (pg-boss 10 polls, no LISTEN; its `work()` waits the "
+                     "interval between fetches)",
         Procrastinate.name: "`app.run_worker_async(concurrency=W)`, async no-op task, "
                             "LISTEN/NOTIFY",
         Dbos.name: "one executor, `register_queue(worker_concurrency=W, "
