@@ -41,7 +41,7 @@ ifneq ($(PGXS),)
 include $(PGXS)
 endif
 
-.PHONY: help sql deps pgversions test test-matrix test-fast lint chaos bench demo demo-ui
+.PHONY: help sql deps pgversions test test-matrix test-fast lint chaos bench bench-peers peers-deps demo demo-ui
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -83,9 +83,21 @@ lint: deps ## ruff and mypy on the Python client
 chaos: sql deps ## Long chaos run: thousands of workflows under injected faults
 	$(PY) -m tests.chaos.harness --workflows 3000 --workers 4 --seed $${SEED:-1}
 
-bench: sql deps ## Benchmarks; writes docs/benchmarks.md
+bench: sql deps ## Benchmarks; writes docs/benchmarks.md (BENCH_PEERS=0 skips the peers part)
 	$(PY) bench/run.py --out docs/benchmarks.md
 	$(PY) bench/batch.py --out docs/benchmarks.md
+	@if [ "$${BENCH_PEERS:-1}" != 0 ]; then $(MAKE) --no-print-directory bench-peers; fi
+
+# The peers (bench/peers/requirements.txt, pinned) go into .venv beside the
+# client, never into the dev extra `make test` installs; pg-boss (pinned in
+# bench/peers/pgboss/package-lock.json) into its gitignored node_modules. A
+# peer that cannot be installed here is reported as not measured.
+peers-deps: deps
+	-$(PY) -m pip install -q --disable-pip-version-check -r bench/peers/requirements.txt
+	-cd bench/peers/pgboss && npm ci --no-audit --no-fund --loglevel=error
+
+bench-peers: sql peers-deps ## Ratchet next to pg-boss, procrastinate, DBOS on one server; into docs/benchmarks.md
+	$(PY) bench/peers/run.py --out docs/benchmarks.md
 
 demo: sql deps ## The demo: crash a worker mid-workflow and watch it recover
 	$(PY) -m ratchet demo
