@@ -69,7 +69,8 @@ grant execute on function
   ratchet.wait_result(text, interval), ratchet.explain(text),
   ratchet.send(text, jsonb, text, text), ratchet.get_event(text, text),
   ratchet.cron_next(text, timestamptz, text), ratchet.cron_prev(text, timestamptz, text),
-  ratchet.cron_parse(text), ratchet.retry_delay(jsonb, int)
+  ratchet.cron_parse(text), ratchet.retry_delay(jsonb, int),
+  ratchet.metrics(interval)
   to ratchet_worker, ratchet_client;
 end if;
 

@@ -26,6 +26,7 @@ from ._listener import Listener
 from ._middleware import Middleware, MiddlewareChain
 from ._records import (
     QueueInfo,
+    QueueMetrics,
     ScheduleInfo,
     StepInfo,
     WorkerInfo,
@@ -872,6 +873,13 @@ class App:
     def list_workers(self) -> list[WorkerInfo]:
         """Workers holding running workflows, with their last heartbeat."""
         return [WorkerInfo.from_row(dict(r)) for r in self._db.fetchall(_records.WORKERS)]
+
+    def metrics(self, window: Seconds = 3600.0) -> list[QueueMetrics]:
+        """Per queue over the last ``window`` seconds (``ratchet.metrics``):
+        workflows started, succeeded, failed, cancelled; running and due now;
+        the age of the oldest due workflow; step latency percentiles."""
+        return [QueueMetrics.from_row(dict(r))
+                for r in self._db.fetchall(_records.METRICS, (_seconds(window, "window"),))]
 
     # -- retention -----------------------------------------------------------
 

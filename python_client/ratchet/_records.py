@@ -189,10 +189,41 @@ class WorkerInfo:
     last_heartbeat: datetime
     lease_expires_at: datetime
     expired: bool
+    #: when the worker's longest-held current run was claimed
+    oldest_claimed_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> WorkerInfo:
-        """A record from a row of :data:`WORKERS`."""
+        """A record from a row of :data:`WORKERS` (the ``ratchet.workers`` view)."""
+        return _from_row(cls, row)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class QueueMetrics:
+    """One queue's row of ``ratchet.metrics(window)``: workflows started and
+    ended by outcome within the window, live depth, and step latency in
+    seconds (from the previous checkpoint of the run to the step's)."""
+
+    queue: str
+    started: int
+    succeeded: int
+    #: failed or dead
+    failed: int
+    cancelled: int
+    running: int
+    enqueued_due: int
+    enqueued_waiting: int
+    #: age of the oldest due enqueued workflow; None when none is due
+    oldest_due_age: timedelta | None
+    steps: int
+    step_p50_seconds: float | None
+    step_p95_seconds: float | None
+    step_max_seconds: float | None
+    window_start: datetime
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> QueueMetrics:
+        """A record from a row of :data:`METRICS`."""
         return _from_row(cls, row)  # type: ignore[no-any-return]
 
 
@@ -223,14 +254,11 @@ STATUS_MANY = _STATUS_DETAIL.format(source="ratchet.workflows w") + \
 
 QUEUES = "select * from ratchet.queue_stats order by queue"
 SCHEDULES = "select * from ratchet.schedules order by name"
-WORKERS = """select w.worker_id, count(*)::int as running,
-       array_agg(distinct w.queue order by w.queue) as queues,
-       max(w.updated_at) as last_heartbeat, max(w.lease_expires_at) as lease_expires_at,
-       max(w.lease_expires_at) < ratchet.now() as expired
-  from ratchet.workflows w
- where w.status = 'running' and w.worker_id is not null
- group by w.worker_id
- order by w.worker_id"""
+WORKERS = """select worker_id, running, queues, last_heartbeat, lease_expires_at, expired,
+       oldest_claimed_at
+  from ratchet.workers order by worker_id"""
+
+METRICS = "select * from ratchet.metrics(%s::float8 * interval '1 second')"
 
 
 def status_from_row(row: dict[str, Any]) -> WorkflowStatus:
