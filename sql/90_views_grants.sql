@@ -63,7 +63,7 @@ grant select on all tables in schema ratchet to ratchet_worker, ratchet_client;
 
 grant execute on function
   ratchet.version(), ratchet.now(),
-  ratchet.start_workflow(text, jsonb, text, text, int, text, timestamptz, interval, int, text, jsonb, text),
+  ratchet.start_workflow(text, jsonb, text, text, int, text, timestamptz, interval, int, text, jsonb, text, jsonb),
   ratchet.start_workflows(text, jsonb[], text, text[]),
   ratchet.get_workflow(text), ratchet.get_steps(text), ratchet.get_runs(text),
   ratchet.wait_result(text, interval), ratchet.explain(text),

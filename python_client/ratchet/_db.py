@@ -36,7 +36,11 @@ _START_ARGS = """
                        ratchet.now() + %(delay)s::float8 * interval '1 second'),
   timeout => %(timeout)s::float8 * interval '1 second',
   max_attempts => %(max_attempts)s::int, parent_id => %(parent_id)s::text,
-  retry_policy => %(retry_policy)s::jsonb, app_version => %(app_version)s::text"""
+  retry_policy => %(retry_policy)s::jsonb, app_version => %(app_version)s::text,
+  trace_context => %(trace_context)s::jsonb"""
+
+#: The trace context stored at start (read by a worker only when tracing is on).
+TRACE_CONTEXT = "select trace_context from ratchet.workflows where workflow_id = %s"
 
 START = f"select ratchet.start_workflow({_START_ARGS}) as workflow_id"
 

@@ -143,3 +143,6 @@ create index workflows_ended_idx on ratchet.workflows (queue, status, ended_at)
 create index if not exists messages_destination_idx on ratchet.messages (destination_id);
 create index if not exists messages_consumed_idx on ratchet.messages (consumed_at)
   where consumed_at is not null;
+-- ---- otel: trace context stored at start ----
+alter table ratchet.workflows add column trace_context jsonb;
+drop function if exists ratchet.start_workflow(text, jsonb, text, text, int, text, timestamptz, interval, int, text, jsonb, text);
