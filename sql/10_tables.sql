@@ -74,6 +74,9 @@ create table ratchet.workflows (
   -- the version of the application that started it (workers record theirs
   -- on each run, ratchet.runs.app_version)
   app_version      text,
+  -- the W3C trace context of the start (e.g. {"traceparent": "00-..."}), so
+  -- whichever worker runs it continues the starter's trace (OpenTelemetry)
+  trace_context    jsonb,
   -- The state machine's invariants, River-style: whatever writes the table,
   -- a row that breaks one of them cannot exist.
   constraint workflows_status_check

@@ -21,7 +21,8 @@ create function ratchet.start_workflow(
   max_attempts int default null,
   parent_id    text default null,
   retry_policy jsonb default null,
-  app_version  text default null)
+  app_version  text default null,
+  trace_context jsonb default null)
 returns text
 language plpgsql
 security definer
@@ -42,6 +43,7 @@ declare
   p_parent_id    alias for $10;
   p_retry_policy alias for $11;
   p_app_version  alias for $12;
+  p_trace_context alias for $13;
   v_now      timestamptz := ratchet.now();
   v_id       text := coalesce(p_workflow_id, pg_catalog.gen_random_uuid()::text);
   -- a start_at in the past means now: it cannot jump ahead of workflows
@@ -103,12 +105,12 @@ begin
   -- dedup index without a subtransaction; which one fired is checked below.
   insert into ratchet.workflows as w
     (workflow_id, name, queue, input, priority, dedup_key, max_attempts, retry_policy,
-     app_version, start_at, deadline, parent_id, created_at, updated_at)
+     app_version, start_at, deadline, parent_id, created_at, updated_at, trace_context)
   values
     (v_id, p_name, p_queue, p_input, p_priority, p_dedup_key,
      coalesce(p_max_attempts, (p_retry_policy ->> 'max_attempts')::int, 10),
      p_retry_policy - 'max_attempts', p_app_version, v_start_at, v_now + p_timeout,
-     p_parent_id, v_now, v_now)
+     p_parent_id, v_now, v_now, p_trace_context)
   on conflict do nothing
   returning w.workflow_id into v_inserted;
 
@@ -135,7 +137,7 @@ begin
 end;
 $$;
 
-comment on function ratchet.start_workflow(text, jsonb, text, text, int, text, timestamptz, interval, int, text, jsonb, text) is
+comment on function ratchet.start_workflow(text, jsonb, text, text, int, text, timestamptz, interval, int, text, jsonb, text, jsonb) is
   'Start a workflow (or return the existing one with this workflow_id). retry_policy: how '
   'fail() retries it (its max_attempts sets the budget unless max_attempts is given). Raises '
   'RT001 for an active dedup_key, RT005 for bad arguments or an unknown queue.';

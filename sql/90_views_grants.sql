@@ -63,14 +63,15 @@ grant select on all tables in schema ratchet to ratchet_worker, ratchet_client;
 
 grant execute on function
   ratchet.version(), ratchet.now(),
-  ratchet.start_workflow(text, jsonb, text, text, int, text, timestamptz, interval, int, text, jsonb, text),
+  ratchet.start_workflow(text, jsonb, text, text, int, text, timestamptz, interval, int, text, jsonb, text, jsonb),
   ratchet.start_workflows(text, jsonb[], text, text[]),
   ratchet.start_workflows(jsonb),
   ratchet.get_workflow(text), ratchet.get_steps(text), ratchet.get_runs(text),
   ratchet.wait_result(text, interval), ratchet.explain(text),
   ratchet.send(text, jsonb, text, text), ratchet.get_event(text, text),
   ratchet.cron_next(text, timestamptz, text), ratchet.cron_prev(text, timestamptz, text),
-  ratchet.cron_parse(text), ratchet.retry_delay(jsonb, int)
+  ratchet.cron_parse(text), ratchet.retry_delay(jsonb, int),
+  ratchet.metrics(interval)
   to ratchet_worker, ratchet_client;
 end if;
 

@@ -48,6 +48,7 @@ from ._install import install
 from ._middleware import ExecutionInfo, Middleware
 from ._records import (
     QueueInfo,
+    QueueMetrics,
     ScheduleInfo,
     StepInfo,
     WorkerInfo,
@@ -82,6 +83,7 @@ __all__ = [
     "SerializationError",
     "StaleRun",
     "Step",
+    "QueueMetrics",
     "StepError",
     "StepInfo",
     "StepTimeout",
@@ -113,6 +115,7 @@ __all__ = [
 for _cls in (AsyncNotSupported, WorkflowArgumentError, DuplicateDedupKey, InvalidArgument,
              NonDeterminismError, RatchetError, SerializationError, StaleRun, StepError,
              StepTimeout, WorkflowCancelled, WorkflowFailed, WorkflowNotFound, QueueInfo,
+             QueueMetrics,
              ScheduleInfo, StepInfo, WorkerInfo, WorkflowInfo, WorkflowStatus):
     _cls.__module__ = "ratchet"
 

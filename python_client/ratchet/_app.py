@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -26,6 +27,7 @@ from ._listener import Listener
 from ._middleware import Middleware, MiddlewareChain
 from ._records import (
     QueueInfo,
+    QueueMetrics,
     ScheduleInfo,
     StepInfo,
     WorkerInfo,
@@ -403,7 +405,8 @@ class App:
     def __init__(self, dsn: str | None = None, *, pool_size: int | None = None,
                  suspend_threshold: float = 2.0, poll_interval: float | None = None,
                  prepared_statements: bool = False, listen_dsn: str | None = None,
-                 pooled: bool | None = None, app_version: str | None = None) -> None:
+                 pooled: bool | None = None, app_version: str | None = None,
+                 tracing: Any = None) -> None:
         self.app_version = app_version if app_version is not None else \
             (os.environ.get("RATCHET_APP_VERSION") or None)
         self._db = Database(dsn, pool_size=pool_size, prepared_statements=prepared_statements)
@@ -415,6 +418,14 @@ class App:
         if poll_interval is None:
             poll_interval = self.POOLED_POLL_INTERVAL if self._polls_only() else 1.0
         self._middleware = MiddlewareChain()
+        from ._otel import tracing_for
+
+        #: OpenTelemetry spans: ``tracing=True``, or a TracerProvider to use;
+        #: None (default): on when a tracer provider is configured; False: off.
+        #: See ``ratchet._otel`` and docs/observability.md.
+        self._tracing = tracing_for(tracing, self._db)
+        if self._tracing is not None:
+            self._middleware.add(self._tracing.middleware)
         self._workflows: dict[str, Workflow[..., Any]] = {}
         self._local: _LocalRunner | None = None
         self.suspend_threshold = suspend_threshold
@@ -680,20 +691,26 @@ class App:
             "timeout": timeout_s, "max_attempts": max_attempts, "parent_id": None,
             "retry_policy": None if policy is None else dumps(policy, "the retry policy"),
             "app_version": self.app_version,
+            "trace_context": None,
         }
         ctx = active_workflow()
         if ctx is not None:
+            if self._tracing is not None:
+                carrier = self._tracing.carrier()
+                params["trace_context"] = None if carrier is None else dumps(carrier, "trace")
             return _runtime.start_child(ctx, name, params)
         # The id is chosen here, not by the server, so that a start whose reply
         # was lost with its connection can be sent again: the id is the
         # idempotency key, and the second call returns the first workflow.
         params["workflow_id"] = workflow_id or str(uuid.uuid4())
-        try:
-            row = self._db.fetchone(_queries.START, params)
-        except psycopg.Error as exc:
-            if not connection_lost(exc):
-                raise
-            row = self._db.fetchone(_queries.START, params)
+        with (self._tracing.start(name, params) if self._tracing is not None
+              else contextlib.nullcontext()):
+            try:
+                row = self._db.fetchone(_queries.START, params)
+            except psycopg.Error as exc:
+                if not connection_lost(exc):
+                    raise
+                row = self._db.fetchone(_queries.START, params)
         assert row is not None
         return str(row["workflow_id"])
 
@@ -876,6 +893,13 @@ class App:
         row = self._db.fetchone(_queries.NOW)
         assert row is not None
         return row["t"]  # type: ignore[no-any-return]
+
+    def metrics(self, window: Seconds = 3600.0) -> list[QueueMetrics]:
+        """Per queue over the last ``window`` seconds (``ratchet.metrics``):
+        workflows started, succeeded, failed, cancelled; running and due now;
+        the age of the oldest due workflow; step latency percentiles."""
+        return [QueueMetrics.from_row(dict(r))
+                for r in self._db.fetchall(_queries.METRICS, (_seconds(window, "window"),))]
 
     # -- retention -----------------------------------------------------------
 

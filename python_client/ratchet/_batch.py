@@ -131,7 +131,7 @@ class FinishBatcher:
                 item.done.set()
             return []
         except BaseException as exc:  # not a database error: the run is released
-            logger.warning("ratchet: batched finish failed: %s", exc)
+            logger.warning("batched finish failed: %s", exc)
             err = psycopg.OperationalError(f"batched finish failed: {exc}")
             for item in batch:
                 item.error = err

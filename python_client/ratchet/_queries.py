@@ -21,7 +21,8 @@ _START_ARGS = """
                        ratchet.now() + %(delay)s::float8 * interval '1 second'),
   timeout => %(timeout)s::float8 * interval '1 second',
   max_attempts => %(max_attempts)s::int, parent_id => %(parent_id)s::text,
-  retry_policy => %(retry_policy)s::jsonb, app_version => %(app_version)s::text"""
+  retry_policy => %(retry_policy)s::jsonb, app_version => %(app_version)s::text,
+  trace_context => %(trace_context)s::jsonb"""
 
 START = f"select ratchet.start_workflow({_START_ARGS}) as workflow_id"
 
@@ -183,14 +184,9 @@ STATUS_MANY = _STATUS_DETAIL.format(source="ratchet.workflows w") + \
 
 QUEUES = "select * from ratchet.queue_stats order by queue"
 SCHEDULES = "select * from ratchet.schedules order by name"
-WORKERS = """select w.worker_id, count(*)::int as running,
-       array_agg(distinct w.queue order by w.queue) as queues,
-       max(w.updated_at) as last_heartbeat, max(w.lease_expires_at) as lease_expires_at,
-       max(w.lease_expires_at) < ratchet.now() as expired
-  from ratchet.workflows w
- where w.status = 'running' and w.worker_id is not null
- group by w.worker_id
- order by w.worker_id"""
+WORKERS = """select worker_id, running, queues, last_heartbeat, lease_expires_at, expired,
+       oldest_claimed_at
+  from ratchet.workers order by worker_id"""
 
 # Batched finishes with the next claim in one call and one commit (_batch.py).
 FINISH_AND_CLAIM = """select ord, workflow_id, outcome,
@@ -201,3 +197,9 @@ FINISH_AND_CLAIM = """select ord, workflow_id, outcome,
   queues => %(queues)s::text[], worker_id => %(worker_id)s::text,
   max_count => %(max_count)s::int, lease => %(lease)s::float8 * interval '1 second',
   names => %(names)s::text[], app_version => %(app_version)s::text)"""
+
+# Metrics per queue over a window (ratchet.metrics).
+METRICS = "select * from ratchet.metrics(%s::float8 * interval '1 second')"
+
+#: The trace context stored at start (read by a worker only when tracing is on).
+TRACE_CONTEXT = "select trace_context from ratchet.workflows where workflow_id = %s"

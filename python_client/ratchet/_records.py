@@ -189,10 +189,41 @@ class WorkerInfo:
     last_heartbeat: datetime
     lease_expires_at: datetime
     expired: bool
+    #: when the worker's longest-held current run was claimed
+    oldest_claimed_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> WorkerInfo:
-        """A record from a row of :data:`ratchet._queries.WORKERS`."""
+        """A row of :data:`ratchet._queries.WORKERS` (the ``ratchet.workers`` view)."""
+        return _from_row(cls, row)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class QueueMetrics:
+    """One queue's row of ``ratchet.metrics(window)``: workflows started and
+    ended by outcome within the window, live depth, and step latency in
+    seconds (from the previous checkpoint of the run to the step's)."""
+
+    queue: str
+    started: int
+    succeeded: int
+    #: failed or dead
+    failed: int
+    cancelled: int
+    running: int
+    enqueued_due: int
+    enqueued_waiting: int
+    #: age of the oldest due enqueued workflow; None when none is due
+    oldest_due_age: timedelta | None
+    steps: int
+    step_p50_seconds: float | None
+    step_p95_seconds: float | None
+    step_max_seconds: float | None
+    window_start: datetime
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> QueueMetrics:
+        """A record from a row of :data:`ratchet._queries.METRICS`."""
         return _from_row(cls, row)  # type: ignore[no-any-return]
 
 

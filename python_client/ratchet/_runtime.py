@@ -127,7 +127,7 @@ def _execute_step(ctx: WorkflowContext, step: StepBase, step_id: int,
             ctx.check()  # a failure caused by the run ending is not the step's
             delay = _step_retry_delay(ctx, step, attempt)
             if delay is not None:
-                logger.info("ratchet: step %s (#%d) of %s failed (%s: %s); retry %d/%d in "
+                logger.info("step %s (#%d) of %s failed (%s: %s); retry %d/%d in "
                             "%.2f s", step.name, step_id, ctx.workflow_id, type(exc).__name__,
                             exc, attempt, step.retries, delay, extra=ctx.log_extra(step_id))
                 ctx.pause(delay)
@@ -167,7 +167,7 @@ def context_from_claim(app: App, row: dict[str, Any], worker_id: str,
     except (ValueError, TypeError, KeyError, RecursionError) as exc:
         reason = f"{type(exc).__name__}: {exc}"
     workflow_id = str(row.get("workflow_id"))
-    logger.error("ratchet: workflow %s has an input or recorded step this worker cannot "
+    logger.error("workflow %s has an input or recorded step this worker cannot "
                  "decode (%s); failing it", workflow_id, reason,
                  extra={"workflow_id": workflow_id, "run_id": row.get("run_id")})
     error = {"type": "UndecodableInput",
@@ -179,7 +179,7 @@ def context_from_claim(app: App, row: dict[str, Any], worker_id: str,
         app._db.fetchone(_queries.FAIL, (workflow_id, row.get("run_id"),
                                          dumps(error, "the workflow error"), False, None))
     except Exception as fail_exc:  # its lease expires; recovery retries the failure
-        logger.warning("ratchet: could not record the failure of workflow %s: %s",
+        logger.warning("could not record the failure of workflow %s: %s",
                        workflow_id, fail_exc, extra={"workflow_id": workflow_id})
     return None
 
@@ -200,7 +200,7 @@ def heartbeat_loop(app: App, worker_id: str, lease: float,
         try:
             app._db.fetchone(_queries.HEARTBEAT, (worker_id, lease, ids))
         except Exception as exc:
-            logger.warning("ratchet: heartbeat failed: %s", exc)
+            logger.warning("heartbeat failed: %s", exc)
 
 
 def release(ctx: WorkflowContext, why: str) -> bool:
@@ -214,10 +214,10 @@ def release(ctx: WorkflowContext, why: str) -> bool:
     except Exception as exc:
         state = getattr(exc, "sqlstate", None)
         if state not in ("RT002", "RT006"):
-            logger.warning("ratchet: could not release workflow %s (%s); its lease will "
+            logger.warning("could not release workflow %s (%s); its lease will "
                            "expire instead", ctx.workflow_id, exc, extra=ctx.log_extra())
         return False
-    logger.info("ratchet: released workflow %s (%s)", ctx.workflow_id, why,
+    logger.info("released workflow %s (%s)", ctx.workflow_id, why,
                 extra=ctx.log_extra())
     return True
 
@@ -230,7 +230,7 @@ def _end_call(ctx: WorkflowContext, query: str, params: Any) -> str | None:
         if lost.release:
             release(ctx, lost.reason)
         else:
-            logger.info("ratchet: workflow %s: %s; dropping this run", ctx.workflow_id,
+            logger.info("workflow %s: %s; dropping this run", ctx.workflow_id,
                         lost.reason, extra=ctx.log_extra())
         return None
     if row is None:
@@ -255,7 +255,7 @@ def _finish_batched(ctx: WorkflowContext, output: str) -> str | None:
         if lost.release:
             release(ctx, lost.reason)
         else:
-            logger.info("ratchet: workflow %s: %s; dropping this run", ctx.workflow_id,
+            logger.info("workflow %s: %s; dropping this run", ctx.workflow_id,
                         lost.reason, extra=ctx.log_extra())
         return None
     return ""
@@ -272,7 +272,7 @@ def run_workflow(ctx: WorkflowContext) -> str:
     wf = app._workflows.get(ctx.name)
     extra = ctx.log_extra()
     if wf is None:
-        logger.error("ratchet: no workflow named %r is registered in this app (workflow %s); "
+        logger.error("no workflow named %r is registered in this app (workflow %s); "
                      "failing this attempt", ctx.name, ctx.workflow_id, extra=extra)
         error = {"type": "UnknownWorkflow",
                  "message": f"no workflow named {ctx.name!r} is registered with the worker",
@@ -286,7 +286,7 @@ def run_workflow(ctx: WorkflowContext) -> str:
     try:
         args, kwargs = decode_input(ctx.input)
         info = ExecutionInfo("workflow", ctx.name, ctx.workflow_id, ctx.run_id, ctx.attempt)
-        logger.debug("ratchet: running workflow %s (%s), attempt %d", ctx.workflow_id,
+        logger.debug("running workflow %s (%s), attempt %d", ctx.workflow_id,
                      ctx.name, ctx.attempt, extra=extra)
         result = app._middleware.run(info, lambda: wf.fn(*args, **kwargs))
         raised: BaseException | None = None
@@ -312,7 +312,7 @@ def run_workflow(ctx: WorkflowContext) -> str:
         if raised.release:
             release(ctx, raised.reason)
             return "released"
-        logger.info("ratchet: workflow %s: %s; dropping this run", ctx.workflow_id,
+        logger.info("workflow %s: %s; dropping this run", ctx.workflow_id,
                     raised.reason, extra=extra)
         return "lost"
     if ctx.fatal is not None:
@@ -333,7 +333,7 @@ def run_workflow(ctx: WorkflowContext) -> str:
             else:
                 if status is None:
                     return "lost"
-                logger.info("ratchet: workflow %s succeeded", ctx.workflow_id, extra=extra)
+                logger.info("workflow %s succeeded", ctx.workflow_id, extra=extra)
                 return "succeeded"
     error = error_payload(raised)
     # The database decides whether and when to retry (the workflow's policy).
@@ -343,7 +343,7 @@ def run_workflow(ctx: WorkflowContext) -> str:
                                        not isinstance(raised, NonDeterminismError), policy))
     if status is None:
         return "lost"
-    logger.info("ratchet: workflow %s failed (%s: %s) -> %s", ctx.workflow_id,
+    logger.info("workflow %s failed (%s: %s) -> %s", ctx.workflow_id,
                 error.get("type"), error.get("message"), status or "failed", extra=extra)
     return status or "failed"
 

@@ -123,7 +123,7 @@ class Worker:
         return self._done.wait(timeout)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        logger.warning("ratchet: worker %s got %s, shutting down%s", self.worker_id,
+        logger.warning("worker %s got %s, shutting down%s", self.worker_id,
                        signal.Signals(signum).name,
                        " now" if self._stopping.is_set() else " gracefully")
         self.stop()
@@ -153,7 +153,7 @@ class Worker:
             heartbeat.start()
             if self.maintenance_interval is not None:
                 maintenance.start()
-            logger.info("ratchet: worker %s serving %s (concurrency %d, lease %.0f s)",
+            logger.info("worker %s serving %s (concurrency %d, lease %.0f s)",
                         self.worker_id, ", ".join(self.queues), self.concurrency, self.lease)
             self._started.set()
             try:
@@ -169,7 +169,7 @@ class Worker:
             self._done.set()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            logger.info("ratchet: worker %s stopped", self.worker_id)
+            logger.info("worker %s stopped", self.worker_id)
 
     def _notified(self, payload: str) -> None:
         self._wake.set()
@@ -220,7 +220,7 @@ class Worker:
             # Back off from 50 ms up to the poll interval while the database is
             # unreachable; the pool has already dropped connections it lost.
             self._claim_backoff = min(self.poll_interval, max(0.05, self._claim_backoff * 2))
-            logger.warning("ratchet: claim failed (retrying in %.2f s): %s",
+            logger.warning("claim failed (retrying in %.2f s): %s",
                            self._claim_backoff, exc)
             self._stopping.wait(self._claim_backoff)
             return 0
@@ -258,7 +258,7 @@ class Worker:
         try:
             outcome = _runtime.run_workflow(ctx)
         except BaseException:
-            logger.exception("ratchet: unexpected error running workflow %s",
+            logger.exception("unexpected error running workflow %s",
                              ctx.workflow_id, extra=ctx.log_extra())
             _runtime.release(ctx, "unexpected error in the worker")
         finally:
@@ -272,9 +272,9 @@ class Worker:
         try:
             row = self.app._db.fetchone(_queries.TICK)
             if row and row["started"]:
-                logger.info("ratchet: started %s scheduled workflow(s)", row["started"])
+                logger.info("started %s scheduled workflow(s)", row["started"])
         except Exception as exc:
-            logger.warning("ratchet: tick() failed: %s", exc)
+            logger.warning("tick() failed: %s", exc)
 
     #: batches one maintenance round runs at most before waiting again
     maintenance_rounds = 20
@@ -294,7 +294,7 @@ class Worker:
             try:
                 row = self.app._db.fetchone(_queries.MAINTAIN, (self.maintenance_batch,))
             except Exception as exc:
-                logger.warning("ratchet: maintain() failed: %s", exc)
+                logger.warning("maintain() failed: %s", exc)
                 break
             if not row or row["skipped"]:
                 break  # another session is maintaining
@@ -304,7 +304,7 @@ class Worker:
             if int(row["workflows"] or 0) < self.maintenance_batch:
                 break
         if deleted:
-            logger.info("ratchet: retention deleted %d ended workflow(s)", deleted)
+            logger.info("retention deleted %d ended workflow(s)", deleted)
         return deleted
 
     def _heartbeat_loop(self) -> None:
@@ -318,7 +318,7 @@ class Worker:
     def _shutdown(self) -> None:
         deadline = time.monotonic() + self.grace_period
         if self.running_count:
-            logger.info("ratchet: waiting up to %.0f s for %d running workflow(s)",
+            logger.info("waiting up to %.0f s for %d running workflow(s)",
                         self.grace_period, self.running_count)
         while self.running_count and time.monotonic() < deadline and not self._force.is_set():
             self._wake.wait(0.05)

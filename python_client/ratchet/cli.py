@@ -618,6 +618,33 @@ def cmd_workers(args: argparse.Namespace) -> int:
                    else f"until {_fmt_time(w.lease_expires_at)}"})
 
 
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from ._metrics import prometheus_text
+
+    with _app(args) as app:
+        metrics = app.metrics(args.window)
+        workers = app.list_workers()
+        now_row = app._db.fetchone("select ratchet.now() as t")
+    assert now_row is not None
+    if args.prometheus:
+        sys.stdout.write(prometheus_text(metrics, workers, now_row["t"]))
+    elif args.json:
+        _print_json([_record(m) for m in metrics])
+    else:
+        def secs(v: float | None) -> str:
+            return "-" if v is None else human_duration(v)
+        print(_table([{"queue": m.queue, "started": m.started, "succeeded": m.succeeded,
+                       "failed": m.failed, "cancelled": m.cancelled, "running": m.running,
+                       "due": m.enqueued_due, "waiting": m.enqueued_waiting,
+                       "oldest_due": "-" if m.oldest_due_age is None
+                       else human_duration(m.oldest_due_age),
+                       "steps": m.steps, "step_p50": secs(m.step_p50_seconds),
+                       "step_p95": secs(m.step_p95_seconds)} for m in metrics],
+                     ["queue", "started", "succeeded", "failed", "cancelled", "running",
+                      "due", "waiting", "oldest_due", "steps", "step_p50", "step_p95"]))
+    return EXIT_OK
+
+
 def cmd_purge(args: argparse.Namespace) -> int:
     with _app(args) as app:
         if args.dry_run:
@@ -831,6 +858,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("workers", "live workers (those running workflows) with their last heartbeat")
     p.set_defaults(func=cmd_workers)
+
+    p = add("metrics", "per queue: started/succeeded/failed in a window, depth, oldest due, "
+                       "step latency (ratchet.metrics)")
+    p.add_argument("--window", type=_duration, default=3600.0, help="e.g. 15m, 1h (default 1h)")
+    p.add_argument("--prometheus", action="store_true",
+                   help="print Prometheus' text exposition format")
+    p.set_defaults(func=cmd_metrics)
 
     p = add("purge", "delete ended workflows (with their steps, events, messages) older than "
                      "--older-than, in batches")

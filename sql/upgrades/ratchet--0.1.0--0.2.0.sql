@@ -154,3 +154,6 @@ drop function if exists ratchet._lock_run(text, bigint, boolean);
 -- ---- dashboard: throughput by end time ----
 create index workflows_ended_at_idx on ratchet.workflows (ended_at)
   where ended_at is not null;
+-- ---- otel: trace context stored at start ----
+alter table ratchet.workflows add column trace_context jsonb;
+drop function if exists ratchet.start_workflow(text, jsonb, text, text, int, text, timestamptz, interval, int, text, jsonb, text);
