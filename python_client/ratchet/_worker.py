@@ -266,13 +266,20 @@ class Worker:
         interval = self.lease / 3
         while not self._done.wait(interval):
             with self._lock:
-                running = list(self._active)
-            if not running:
+                contexts = list(self._active.values())
+            if not contexts:
                 continue
+            running = [ctx.workflow_id for ctx in contexts]
+            sent = time.monotonic()
             try:
-                self.app._db.fetchone(_db.HEARTBEAT, (self.worker_id, self.lease, running))
+                # a lost connection is retried on a new one while the leases hold
+                self.app._db.run_fenced(_db.HEARTBEAT, (self.worker_id, self.lease, running),
+                                        min(ctx.lease_until for ctx in contexts), self._done)
             except Exception as exc:
                 logger.warning("ratchet: heartbeat failed: %s", exc)
+            else:
+                for ctx in contexts:
+                    ctx.lease_until = max(ctx.lease_until, sent + self.lease)
 
     def _shutdown(self) -> None:
         deadline = time.monotonic() + self.grace_period
