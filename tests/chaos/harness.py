@@ -393,8 +393,9 @@ class Harness:
         self.unexpected_exits: list[str] = []
         self.worker_logs: list[Path] = []
         self.restart_seconds: list[float] = []
-        #: (database time, kind) of each fault, to attribute repeated step executions
-        self.fault_times: list[tuple[Any, str]] = []
+        #: (database time it began, it ended, kind) of each fault, to attribute
+        #: repeated step executions
+        self.fault_times: list[tuple[Any, Any, str]] = []
         #: [pid, SIGSTOP time, SIGCONT time] of each stall, on the database clock
         self.stall_windows: list[list[Any]] = []
 
@@ -429,10 +430,13 @@ class Harness:
         now = time.monotonic() - self.t0
         at = self.db_now()
         if at is not None:
-            self.fault_times.append((at, fault.kind))
+            self.fault_times.append((at, at, fault.kind))
         if fault.kind == "restart":
             began = time.monotonic()
             self.pg.restart(mode="immediate")
+            end = self.db_now()
+            if at is not None and end is not None:  # the outage lasts until it is back
+                self.fault_times[-1] = (at, end, "restart")
             self.restart_seconds.append(time.monotonic() - began)
             self.injected["restart"] += 1
             self.say(f"fault: immediate restart of PostgreSQL ({self.restart_seconds[-1]:.1f}s)")
@@ -753,15 +757,16 @@ class Harness:
         execution of it raised (an in-process retry, by design: the simulated
         lost responses). A repeat is of a *completed* step when an earlier
         execution had returned, of a step *in flight* when none had. It is put
-        down to the first fault injected after the step's first execution began
-        and before the repeat began ("none" if no fault came between).
+        down to the first fault that was under way between the step's first
+        execution and the repeat (a restart lasts until the server is back;
+        "none" if no fault came between).
         Transactional steps are counted apart: their body's effects rolled back
         with the transaction, so a repeat there costs work,
         never a duplicate effect.
         """
         rows = self.db.all("select idempotency_key, name, pid, started_at, outcome "
                            "from chaos_executions order by idempotency_key, started_at, id")
-        faults = sorted((t, k) for t, k in self.fault_times)
+        faults = sorted(self.fault_times)
         kinds = (*FAULT_KINDS, "none")
         table: dict[str, Counter[str]] = {k: Counter() for k in kinds}
         by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -773,8 +778,9 @@ class Harness:
                 mine = [r for r in runs[:i] if r["pid"] == cur["pid"]]
                 if mine and mine[-1]["outcome"] == "raised":
                     continue  # this process retrying its own failed attempt
-                cause = next((k for t, k in faults
-                              if runs[0]["started_at"] <= t <= cur["started_at"]), "none")
+                cause = next((k for began, ended, k in faults
+                              if began <= cur["started_at"] and ended >= runs[0]["started_at"]),
+                             "none")
                 if cur["name"] in ("apply_effect", "child_effect"):
                     table[cause]["transactional (rolled back)"] += 1
                 elif any(r["outcome"] == "returned" for r in runs[:i]):
