@@ -87,7 +87,10 @@ $$;
 comment on function ratchet._check_step_args(int, text) is
   'Internal: validate step_id and step name.';
 
--- Insert a step row; RT003 if that step is already recorded.
+-- Insert a step row; RT003 if that step is already recorded. A retried write
+-- (the connection dropped after the first one committed) finds the row this
+-- same run recorded with the same name, output and error: that is success,
+-- not RT003. A row of another run, or other content, is never overwritten.
 create function ratchet._insert_step(
   p_workflow_id text, p_run_id bigint, p_step_id int, p_name text,
   p_output jsonb, p_error jsonb, p_now timestamptz)
@@ -96,17 +99,22 @@ language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  v_existing text;
+  v_existing ratchet.steps;
 begin
   insert into ratchet.steps (workflow_id, step_id, name, output, error, run_id, recorded_at)
   values (p_workflow_id, p_step_id, p_name, p_output, p_error, p_run_id, p_now)
   on conflict (workflow_id, step_id) do nothing;
   if not found then
-    select s.name into v_existing from ratchet.steps s
+    select * into v_existing from ratchet.steps s
      where s.workflow_id = p_workflow_id and s.step_id = p_step_id;
+    if v_existing.run_id = p_run_id and v_existing.name = p_name
+       and v_existing.output is not distinct from p_output
+       and v_existing.error is not distinct from p_error then
+      return;  -- this run's own write, retried
+    end if;
     perform ratchet._raise('RT003',
       pg_catalog.format('step %s of workflow "%s" is already recorded (as "%s")',
-                        p_step_id, p_workflow_id, v_existing),
+                        p_step_id, p_workflow_id, v_existing.name),
       'a recorded step is never overwritten; replay it from the claimed steps');
   end if;
 end;
@@ -114,6 +122,37 @@ $$;
 
 comment on function ratchet._insert_step(text, bigint, int, text, jsonb, jsonb, timestamptz) is
   'Internal: insert a step checkpoint, RT003 if it exists.';
+
+-- A retried end of a run: the connection dropped after finish() or fail()
+-- committed, and the worker sends it again. Returns the run's outcome when
+-- run p_run_id already ended with one of p_outcomes and the same content
+-- (finish: the workflow's output; fail: the run's error), else NULL (the
+-- caller then fences as usual: RT002). Only this run's own row counts, so a
+-- retry never passes for another run's end.
+create function ratchet._retried_end(
+  p_workflow_id text, p_run_id bigint, p_outcomes text[], p_output jsonb, p_error jsonb)
+returns text
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_outcome text;
+begin
+  select r.outcome into v_outcome
+    from ratchet.runs r join ratchet.workflows w using (workflow_id)
+   where r.workflow_id = p_workflow_id and r.run_id = p_run_id
+     and r.outcome = any (p_outcomes)
+     and (case when r.outcome = 'succeeded' then w.status = 'succeeded'
+                                               and w.output is not distinct from p_output
+               else r.error is not distinct from p_error end);
+  return v_outcome;
+end;
+$$;
+
+comment on function ratchet._retried_end(text, bigint, text[], jsonb, jsonb) is
+  'Internal: the outcome of run_id when it already ended the workflow with this content '
+  '(a retried finish or fail), else NULL.';
 
 -- record_step: the checkpoint. One statement, one round trip.
 create function ratchet.record_step(
@@ -178,6 +217,12 @@ begin
   if pg_catalog.pg_column_size(p_output) > 1048576
      or pg_catalog.jsonb_path_exists(p_output, 'strict $.**{101}') then  -- hot path: see record_step
     perform ratchet._check_payload(p_output, 'output');
+  end if;
+  -- a retry of this run's own finish (the reply was lost) is success
+  if not exists (select 1 from ratchet.workflows w
+                  where w.workflow_id = p_workflow_id and w.run_id = p_run_id)
+     and ratchet._retried_end(p_workflow_id, p_run_id, '{succeeded}', p_output, null) is not null then
+    return;
   end if;
   select (f.o_wf).* into v_wf from ratchet._fence(p_workflow_id, p_run_id, true, true) f;
   perform ratchet._end_run(v_wf, 'succeeded', p_output, null, v_now);
@@ -377,8 +422,17 @@ declare
   p_policy      alias for $6;
   v_now    timestamptz := ratchet.now();
   v_wf     ratchet.workflows;
+  v_status text;
 begin
   perform ratchet._check_fail_args(p_error, p_retry_in, p_retryable);
+  -- a retry of this run's own fail (the reply was lost) returns what it did
+  if not exists (select 1 from ratchet.workflows w
+                  where w.workflow_id = p_workflow_id and w.run_id = p_run_id) then
+    v_status := ratchet._retried_end(p_workflow_id, p_run_id, '{failed,dead,retried}', null, p_error);
+    if v_status is not null then
+      return case v_status when 'retried' then 'enqueued' else v_status end;
+    end if;
+  end if;
   select (f.o_wf).* into v_wf from ratchet._fence(p_workflow_id, p_run_id, true, true) f;
   return ratchet._fail_run(v_wf, p_error, p_retry_in, p_retryable, p_policy, v_now);
 end;

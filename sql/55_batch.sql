@@ -370,7 +370,7 @@ declare
   v_item    jsonb;
   v_ord     int := 0;
   v_key     text;
-  v_ids     text[] := '{}';
+  v_ids     text[] := '{}'::text[];
   v_start   timestamptz;
   v_state   text;
   v_message text;

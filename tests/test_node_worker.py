@@ -600,3 +600,40 @@ def test_node_worker_through_pgbouncer(conn: Connection, spawn: Callable[..., Pr
     executed = trace_lines(trace)
     assert len(executed) == 600 and len({key for _, key, _ in executed}) == 600
     assert count_status(conn, all_ids, "succeeded") == 200
+
+
+def test_node_checkpoint_cut_off_by_terminated_backend_is_retried_on_the_same_run(
+        conn: Connection, spawn: Callable[..., Proc], tmp_path: Path) -> None:
+    """The backend of the Node worker's checkpoint of ``charge`` is terminated
+    while the write is in flight (a trigger holds it): the worker reconnects and
+    sends the same write again within its lease. The workflow finishes on the
+    run that started it and every step body ran once."""
+    conn.execute("create table fault_done (done boolean)")
+    conn.execute("""
+      create function hold_charge_checkpoint() returns trigger language plpgsql as $$
+      begin
+        if new.name = 'charge' and not exists (select from public.fault_done) then
+          perform pg_sleep(30);
+        end if;
+        return new;
+      end $$;
+      create trigger hold_charge_checkpoint before insert on ratchet.steps
+        for each row execute function hold_charge_checkpoint()""")
+    trace = tmp_path / "trace"
+    (wf_id,) = start_orders(conn, "cut", [7], trace_file=str(trace))
+    node = spawn("node", "node-cut", "--concurrency", "1", "--lease", "10")
+    pid = poll(lambda: conn.execute(
+        "select pid from pg_stat_activity where wait_event = 'PgSleep'"
+        " and query like '%%record_step%%'").fetchone(), 15,
+        "the checkpoint of charge to be in flight", node.text)["pid"]
+    conn.execute("insert into fault_done values (true)")
+    conn.execute("select pg_terminate_backend(%s)", [pid])
+    poll(lambda: count_status(conn, [wf_id], "succeeded") == 1, 20, "the workflow to finish",
+         node.text)
+    assert workflows(conn, [wf_id])[wf_id]["output"] == expected_output(7, ["node"])
+    runs = conn.execute("select run_id, outcome from ratchet.runs where workflow_id = %s",
+                        [wf_id]).fetchall()
+    assert [r["outcome"] for r in runs] == ["succeeded"], node.text()
+    assert {s["run_id"] for s in steps_of(conn, wf_id)} == {runs[0]["run_id"]}
+    assert [step for _, _, step in trace_lines(trace)] == ["reserve", "charge", "ship"]
+    assert "retrying" in node.text()

@@ -197,7 +197,37 @@ function errorPayload(err) {
 function isConnectionError(err) {
   const code = /** @type {{code?: string}} */ (err)?.code;
   if (typeof code !== 'string') return true; // socket errors, "Connection terminated", pool ended
+  if (!/^[0-9A-Z]{5}$/.test(code)) return true; // ECONNREFUSED, ECONNRESET...: not a SQLSTATE
   return code.startsWith('08') || code.startsWith('57P') || code.startsWith('53');
+}
+
+/**
+ * One fenced write (checkpoint, finish, fail, heartbeat) on a pooled
+ * connection, retried on a new connection with backoff while the connection
+ * is lost and the lease still holds (`leaseUntil`, a `performance.now()` in
+ * ms). The write is fenced by run_id: a retry of one that did commit before
+ * the connection broke is recognised by the database as this run's own; one
+ * that lost the race to a reclaim gets RT002. Past the lease, or once
+ * `signal` aborts, the last error is thrown and the run is given up.
+ * @param {import('pg').Pool} pool @param {string} text @param {unknown[]} params
+ * @param {number} leaseUntil @param {{warn: (msg: string) => void}} log
+ * @param {AbortSignal} [signal]
+ * @returns {Promise<import('pg').QueryResult>}
+ */
+async function fencedQuery(pool, text, params, leaseUntil, log, signal) {
+  let wait = 50;
+  for (;;) {
+    try {
+      return await pool.query(text, params);
+    } catch (err) {
+      const left = leaseUntil - performance.now();
+      if (!isConnectionError(err) || left <= wait || signal?.aborted) throw err;
+      log.warn(`connection lost during a fenced write (${err.message}); retrying in ` +
+        `${wait} ms, ${(left / 1000).toFixed(1)} s of lease left`);
+      await delay(wait);
+      wait = Math.min(wait * 2, 1000);
+    }
+  }
 }
 
 /**
@@ -325,6 +355,8 @@ class Run {
     this.fatal = null;
     this.abortController = new AbortController();
     this.context = new WorkflowContext(this);
+    /** performance.now() (ms) by which the lease expires: the claim, then each heartbeat */
+    this.leaseUntil = performance.now() + worker.lease * 1000;
   }
 
   /** Throw if the run has ended (user code may have swallowed the first RunEnded). */
@@ -370,14 +402,16 @@ class Run {
   /**
    * One fenced statement for this run. RT002/RT006 end the run quietly (the
    * workflow was reclaimed by another run or cancelled); RT003 and lost
-   * connections end it so that the worker gives the workflow back.
+   * connections end it so that the worker gives the workflow back. A lost
+   * connection is first retried while the lease holds (fencedQuery).
    * @param {string} text @param {unknown[]} params
    * @returns {Promise<import('pg').QueryResult>}
    */
   async query(text, params) {
     this.check();
     try {
-      return await this.worker.pool.query(text, params);
+      return await fencedQuery(this.worker.pool, text, params, this.leaseUntil, this.worker.log,
+        this.abortController.signal);
     } catch (err) {
       const code = /** @type {{code?: string}} */ (err).code;
       if (code && FENCED.has(code)) {
@@ -880,9 +914,15 @@ class Worker extends EventEmitter {
   async #heartbeat() {
     if (this.#heartbeating || this.#active.size === 0) return;
     this.#heartbeating = true;
+    const runs = [...this.#active.values()];
+    const sent = performance.now();
     try {
-      // only the runs this worker knows: a claim whose reply was lost must expire
-      await this.pool.query(SQL.heartbeat, [this.workerId, this.lease, [...this.#active.keys()]]);
+      // only the runs this worker knows: a claim whose reply was lost must expire;
+      // a lost connection is retried on a new one while the leases hold
+      await fencedQuery(this.pool, SQL.heartbeat,
+        [this.workerId, this.lease, runs.map((run) => run.workflowId)],
+        Math.min(...runs.map((run) => run.leaseUntil)), this.log);
+      for (const run of runs) run.leaseUntil = Math.max(run.leaseUntil, sent + this.lease * 1000);
     } catch (err) {
       this.log.warn(`heartbeat failed: ${err.message}`);
     } finally {

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -71,6 +72,8 @@ class WorkflowContext:
     patches: dict[str, bool] = field(default_factory=dict)
     #: the worker's finish batcher (ratchet._batch), None: finish alone
     finisher: Any = None
+    #: time.monotonic() by which the lease expires (claim, then each heartbeat)
+    lease_until: float = 0.0
 
     @classmethod
     def from_claim(cls, app: App, row: dict[str, Any], worker_id: str,
@@ -91,7 +94,7 @@ class WorkflowContext:
         return cls(app=app, workflow_id=row["workflow_id"], run_id=int(row["run_id"]),
                    name=row["name"], attempt=int(row.get("attempt") or 1),
                    worker_id=worker_id, lease=lease, recorded=recorded,
-                   input=value)
+                   input=value, lease_until=time.monotonic() + lease)
 
     # -- step numbering and replay -------------------------------------------
 
@@ -193,8 +196,8 @@ class WorkflowContext:
         try:
             if conn is not None:
                 return self.app._db.run(conn, query, params).fetchone()
-            with self.app._db.connection() as pooled:
-                return self.app._db.run(pooled, query, params).fetchone()
+            # a lost connection is retried while the lease holds (fenced by run_id)
+            return self.app._db.run_fenced(query, params, self.lease_until, self.stop)
         except psycopg.Error as exc:
             raise self.run_error(exc) from exc
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -166,6 +167,42 @@ class Database:
         exceptions."""
         with self._cursor(query, params) as cur:
             return cur.fetchall()
+
+    def run_fenced(self, query: str, params: Any, lease_until: float,
+                   stop: threading.Event | None = None) -> DictRow | None:
+        """Run one fenced write of a run (checkpoint, finish, fail, heartbeat) in
+        its own autocommit transaction and return its first row, retrying it on a
+        new connection while the connection is lost and the lease still holds.
+
+        ``lease_until`` is the ``time.monotonic()`` by which the run's lease
+        expires. The write is fenced by ``run_id``: a retry of a write that did
+        commit before the connection broke is recognised by the database as this
+        run's own and succeeds; one that lost the race to a reclaim gets RT002.
+        Past the lease (or once ``stop`` is set) the last error is raised, and the
+        run is given up: the workflow may then run elsewhere.
+        """
+        delay = 0.05
+        while True:
+            remaining = lease_until - time.monotonic()
+            try:
+                with self.pool.connection(timeout=max(remaining, 0.1)) as conn:
+                    return self.run(conn, query, params).fetchone()
+            except psycopg.Error as exc:
+                if not connection_lost(exc):
+                    raise
+                self.recover(exc)
+                remaining = lease_until - time.monotonic()
+                if remaining <= delay or (stop is not None and stop.is_set()):
+                    raise
+                logger.info("ratchet: connection lost during a fenced write (%s); retrying "
+                            "in %.2f s, %.1f s of lease left", type(exc).__name__, delay,
+                            remaining)
+                if stop is not None:
+                    if stop.wait(delay):
+                        raise
+                else:
+                    time.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     def close(self) -> None:
         """Close the pool (it reopens on next use)."""

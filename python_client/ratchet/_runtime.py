@@ -186,7 +186,8 @@ def context_from_claim(app: App, row: dict[str, Any], worker_id: str,
 
 def heartbeat_loop(app: App, worker_id: str, lease: float,
                    stop: Callable[[float], bool],
-                   running: Callable[[], list[str] | None]) -> None:
+                   running: Callable[[], list[str] | None],
+                   renewed: Callable[[float], None] | None = None) -> None:
     """Renew the leases of ``worker_id``'s runs every ``lease / 3`` seconds until
     ``stop(interval)`` (which waits up to ``interval``) returns True. ``running()``
     gives the workflow ids to renew: None for every run of the worker, an empty
@@ -197,10 +198,14 @@ def heartbeat_loop(app: App, worker_id: str, lease: float,
         ids = running()
         if ids is not None and not ids:
             continue
+        sent = time.monotonic()
         try:
             app._db.fetchone(_queries.HEARTBEAT, (worker_id, lease, ids))
         except Exception as exc:
             logger.warning("heartbeat failed: %s", exc)
+        else:
+            if renewed is not None:  # the fenced writes retry until the new lease end
+                renewed(sent)
 
 
 def release(ctx: WorkflowContext, why: str) -> bool:

@@ -309,11 +309,17 @@ class Worker:
 
     def _heartbeat_loop(self) -> None:
         _runtime.heartbeat_loop(self.app, self.worker_id, self.lease, self._done.wait,
-                                self._running_ids)
+                                self._running_ids, self._renewed)
 
     def _running_ids(self) -> list[str]:
         with self._lock:
             return list(self._active)
+
+    def _renewed(self, sent: float) -> None:
+        """A beat sent at ``sent`` (monotonic) renewed every running lease."""
+        with self._lock:
+            for ctx in self._active.values():
+                ctx.lease_until = max(ctx.lease_until, sent + self.lease)
 
     def _shutdown(self) -> None:
         deadline = time.monotonic() + self.grace_period

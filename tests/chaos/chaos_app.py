@@ -37,6 +37,7 @@ retries of the transactional steps (default 0, the client's default).
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import threading
@@ -132,10 +133,69 @@ def _external_call(key: str) -> None:
         raise
 
 
+# -- the execution log -----------------------------------------------------------
+#
+# Every step body logs its start and its end (returned or raised) to
+# chaos_executions on the "external" autocommit connection, outside the step's
+# transaction, so the harness can count how often a body ran and why it ran
+# again. Best effort: a fault that breaks the logging connection loses a log
+# row, never changes the step.
+
+
+def _log(query: str, params: Any) -> Any:
+    """Run one logging statement, on a new connection after a fault (a few tries)."""
+    for wait in (0.2, 0.5, 1.0, None):
+        try:
+            return _external_conn().execute(query, params).fetchone()
+        except psycopg.Error:
+            _drop_external()
+            if wait is None:
+                return None
+            time.sleep(wait)
+    return None
+
+
+def _log_start(name: str) -> int | None:
+    row = _log("insert into chaos_executions (idempotency_key, name, pid) values (%s, %s, %s) "
+               "returning id", (ratchet.step_idempotency_key(), name, os.getpid()))
+    return int(row[0]) if row else None
+
+
+def _log_end(log_id: int | None, outcome: str) -> None:
+    if log_id is not None:
+        _log("update chaos_executions set outcome = %s, ended_at = clock_timestamp() "
+             "where id = %s returning id", (outcome, log_id))
+
+
+def _drop_external() -> None:
+    conn = getattr(_local, "conn", None)
+    if conn is not None:
+        conn.close()
+    _local.conn = None
+
+
+def logged(name: str) -> Any:
+    """Decorate a step body so that its executions are logged."""
+    def wrap(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def body(*args: Any, **kwargs: Any) -> Any:
+            log_id = _log_start(name)
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException:
+                _log_end(log_id, "raised")
+                raise
+            _log_end(log_id, "returned")
+            return result
+        return body
+    return wrap
+
+
 # -- steps ------------------------------------------------------------------------
 
 
 @app.step(name="compute", retries=3, interval=0.1)
+@logged("compute")
 def compute(n: int, work_ms: int) -> int:
     time.sleep(work_ms / 1000.0)
     return compute_value(n)
@@ -151,11 +211,13 @@ def _insert_effect(cur: psycopg.Cursor[Any], n: int) -> dict[str, int]:
 
 
 @app.transaction(name="apply_effect", retries=TX_RETRIES, interval=0.2, max_delay=2.0)
+@logged("apply_effect")
 def apply_effect(cur: psycopg.Cursor[Any], n: int) -> dict[str, int]:
     return _insert_effect(cur, n)
 
 
 @app.step(name="call_external", retries=12, interval=0.1, backoff=2.0, max_delay=1.0)
+@logged("call_external")
 def call_external(n: int) -> dict[str, str]:
     key = ratchet.step_idempotency_key()
     _external_call(key)
@@ -168,17 +230,20 @@ def call_external(n: int) -> dict[str, str]:
 
 
 @app.step(name="summarize", retries=3, interval=0.1)
+@logged("summarize")
 def summarize(n: int, value: int, child: int | None, work_ms: int) -> dict[str, Any]:
     time.sleep(work_ms / 1000.0)
     return {"n": n, "value": value, "child": child, "total": value + n + (child or 0)}
 
 
 @app.step(name="child_square", retries=3, interval=0.1)
+@logged("child_square")
 def child_square(n: int) -> int:
     return child_value(n)
 
 
 @app.transaction(name="child_effect", retries=TX_RETRIES, interval=0.2, max_delay=2.0)
+@logged("child_effect")
 def child_effect(cur: psycopg.Cursor[Any], n: int) -> dict[str, int]:
     return _insert_effect(cur, n)
 

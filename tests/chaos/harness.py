@@ -84,6 +84,12 @@ create table chaos_effects (
   inserted_at timestamptz not null default clock_timestamp());
 create table chaos_calls (
   idempotency_key text not null, called_at timestamptz not null, pid int);
+-- every execution of a step body (tests/chaos/chaos_app.py, logged()): its
+-- start, and its end unless the process or its connection died first
+create table chaos_executions (
+  id bigserial primary key, idempotency_key text not null, name text not null, pid int,
+  started_at timestamptz not null default clock_timestamp(), ended_at timestamptz,
+  outcome text);
 
 create schema chaos_audit;
 create table chaos_audit.step_writes (
@@ -387,6 +393,9 @@ class Harness:
         self.unexpected_exits: list[str] = []
         self.worker_logs: list[Path] = []
         self.restart_seconds: list[float] = []
+        #: (database time it began, it ended, kind) of each fault, to attribute
+        #: repeated step executions
+        self.fault_times: list[tuple[Any, Any, str]] = []
         #: [pid, SIGSTOP time, SIGCONT time] of each stall, on the database clock
         self.stall_windows: list[list[Any]] = []
 
@@ -419,9 +428,15 @@ class Harness:
                seq: Iterator[int]) -> None:
         assert self.t0 is not None
         now = time.monotonic() - self.t0
+        at = self.db_now()
+        if at is not None:
+            self.fault_times.append((at, at, fault.kind))
         if fault.kind == "restart":
             began = time.monotonic()
             self.pg.restart(mode="immediate")
+            end = self.db_now()
+            if at is not None and end is not None:  # the outage lasts until it is back
+                self.fault_times[-1] = (at, end, "restart")
             self.restart_seconds.append(time.monotonic() - began)
             self.injected["restart"] += 1
             self.say(f"fault: immediate restart of PostgreSQL ({self.restart_seconds[-1]:.1f}s)")
@@ -731,7 +746,57 @@ class Harness:
         stats["leases stolen from stalled (SIGSTOP) workers"] = stolen
         stats["keys called from more than one process"] = sum(
             1 for c in calls.values() if c["pids"] > 1)
+        stats.update(self.repeated_executions())
         return dict(violations), stats
+
+    def repeated_executions(self) -> dict[str, Any]:
+        """Step bodies that ran again, per fault kind (issue 15).
+
+        Every execution of a step body after the first one of the same step
+        (idempotency key) is a repeat, unless the same process's previous
+        execution of it raised (an in-process retry, by design: the simulated
+        lost responses). A repeat is of a *completed* step when an earlier
+        execution had returned, of a step *in flight* when none had. It is put
+        down to the first fault that was under way between the step's first
+        execution and the repeat (a restart lasts until the server is back;
+        "none" if no fault came between).
+        Transactional steps are counted apart: their body's effects rolled back
+        with the transaction, so a repeat there costs work,
+        never a duplicate effect.
+        """
+        rows = self.db.all("select idempotency_key, name, pid, started_at, outcome "
+                           "from chaos_executions order by idempotency_key, started_at, id")
+        faults = sorted(self.fault_times)
+        kinds = (*FAULT_KINDS, "none")
+        table: dict[str, Counter[str]] = {k: Counter() for k in kinds}
+        by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in rows:
+            by_key[r["idempotency_key"]].append(r)
+        for runs in by_key.values():
+            for i in range(1, len(runs)):
+                cur = runs[i]
+                mine = [r for r in runs[:i] if r["pid"] == cur["pid"]]
+                if mine and mine[-1]["outcome"] == "raised":
+                    continue  # this process retrying its own failed attempt
+                cause = next((k for began, ended, k in faults
+                              if began <= cur["started_at"] and ended >= runs[0]["started_at"]),
+                             "none")
+                if cur["name"] in ("apply_effect", "child_effect"):
+                    table[cause]["transactional (rolled back)"] += 1
+                elif any(r["outcome"] == "returned" for r in runs[:i]):
+                    table[cause]["completed"] += 1
+                else:
+                    table[cause]["in flight"] += 1
+        repeated = {k: v for k, v in by_key.items() if len(v) > 1}
+        (self.log_dir / "repeated_executions.json").write_text(json.dumps(
+            {"faults": faults, "executions": repeated}, indent=1, default=str))
+        out: dict[str, Any] = {"step executions (logged)": len(rows)}
+        for kind in kinds:
+            c = table[kind]
+            out[f"repeated step executions after {kind}"] = (
+                f"completed {c['completed']}, in flight {c['in flight']}, "
+                f"transactional {c['transactional (rolled back)']}")
+        return out
 
     def dump_failures(self) -> None:
         """Write every workflow that did not succeed (with its error, traceback and

@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 import ratchet
 
@@ -113,6 +114,175 @@ def test_worker_keeps_running_across_a_restart(
         assert app.start(echo, 1).result(timeout=20) == 1
         pg.restart(restart_mode)
         assert app.start(echo, 2).result(timeout=30) == 2
+        assert thread.is_alive()
+    finally:
+        worker.stop()
+        worker.stop()
+        thread.join(15)
+        app.close()
+
+
+# -- fenced writes cut off by a lost connection are retried on the same run (issue 15)
+
+
+def _runs(conn: psycopg.Connection[Any], workflow_id: str) -> list[dict[str, Any]]:
+    return conn.execute("select run_id, outcome from ratchet.runs where workflow_id = %s",
+                        [workflow_id]).fetchall()
+
+
+def test_checkpoint_after_terminated_backends_is_retried_on_the_same_run(
+    dsn: str, conn: psycopg.Connection[Any], run_worker: Callable[..., ratchet.Worker],
+    wait_until: Callable[..., Any],
+) -> None:
+    conn.execute("create table executions (step text)")
+    app = ratchet.App(dsn + " application_name=victim-app", poll_interval=0.2)
+
+    @app.step()
+    def charge() -> str:
+        # the side effect is counted outside every transaction of the worker
+        with psycopg.connect(dsn, autocommit=True) as side:
+            side.execute("insert into executions values ('charge')")
+            # then every connection of the worker dies, the one the checkpoint
+            # is about to use among them: the step's body has returned nothing yet
+            side.execute("select pg_terminate_backend(pid) from pg_stat_activity"
+                         " where application_name = 'victim-app'")
+            wait_until(lambda: side.execute(
+                "select count(*) from pg_stat_activity where application_name = 'victim-app'"
+            ).fetchone() == (0,), what="the worker's backends to exit")
+        return "ch-1"
+
+    @app.workflow()
+    def pay() -> str:
+        return charge() + "/paid"
+
+    try:
+        handle = app.start(pay, workflow_id="pay-1")
+        run_worker(app, lease=10.0)
+        assert handle.result(timeout=30) == "ch-1/paid"
+        assert conn.execute("select count(*) as n from executions").fetchone() == {"n": 1}
+        [run] = _runs(conn, "pay-1")
+        assert run["outcome"] == "succeeded", "the workflow finished on the run that started it"
+        step = conn.execute("select output, run_id from ratchet.steps").fetchone()
+        assert step == {"output": "ch-1", "run_id": run["run_id"]}
+    finally:
+        app.close()
+
+
+def test_server_restart_during_a_checkpoint_costs_no_run(
+    pg_server_factory: Callable[..., Any], wait_until: Callable[..., Any],
+) -> None:
+    pg = pg_server_factory()
+    with psycopg.connect(pg.dsn(), autocommit=True) as setup:
+        setup.execute("create table executions (step text)")
+        # the checkpoint of step "charge" takes a while: the restart hits it in flight
+        setup.execute("""
+          create function slow_checkpoint() returns trigger language plpgsql as $$
+          begin
+            if new.name = 'charge' then perform pg_sleep(1.5); end if;
+            return new;
+          end $$;
+          create trigger slow_checkpoint before insert on ratchet.steps
+            for each row execute function slow_checkpoint()""")
+    app = ratchet.App(pg.dsn() + " application_name=victim-app", poll_interval=0.2)
+
+    @app.step()
+    def charge() -> str:
+        with psycopg.connect(pg.dsn(), autocommit=True) as side:
+            side.execute("insert into executions values ('charge')")
+        return "ch-1"
+
+    @app.workflow()
+    def pay() -> str:
+        return charge() + "/paid"
+
+    worker = app.worker(["default"], concurrency=2, lease=10, install_signal_handlers=False,
+                        poll_interval=0.2)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        with psycopg.connect(pg.dsn(), autocommit=True) as watch:
+            handle = app.start(pay, workflow_id="pay-1")
+            wait_until(lambda: watch.execute(
+                "select count(*) from pg_stat_activity where application_name = 'victim-app'"
+                " and wait_event = 'PgSleep' and query like '%%record_step%%'").fetchone() == (1,),
+                what="the checkpoint to be in flight")
+        pg.restart("immediate")
+        assert handle.result(timeout=30) == "ch-1/paid"
+        with psycopg.connect(pg.dsn(), autocommit=True, row_factory=dict_row) as check:
+            assert check.execute("select count(*) as n from executions").fetchone() == {"n": 1}
+            [run] = _runs(check, "pay-1")
+            assert run["outcome"] == "succeeded", "the workflow finished on the run that started it"
+        assert thread.is_alive()
+    finally:
+        worker.stop()
+        worker.stop()
+        thread.join(15)
+        app.close()
+
+
+def test_checkpoint_that_committed_before_its_reply_was_lost_is_recognised(
+    pg_server_factory: Callable[..., Any], wait_until: Callable[..., Any],
+) -> None:
+    """The worst cut: the checkpoint committed, its reply never came back.
+
+    Synchronous replication to a standby that does not exist holds the commit
+    after it is durable locally; terminating the backend then loses only the
+    reply ("the transaction has already committed locally"). The worker's
+    retry of the same write must be recognised as its own, not RT003.
+    """
+    pg = pg_server_factory()
+    local = pg.dsn() + " options='-c synchronous_commit=local'"
+    with psycopg.connect(local, autocommit=True) as setup:
+        setup.execute("create table executions (step text)")
+        setup.execute("create table probe (n int)")
+    app = ratchet.App(pg.dsn() + " application_name=victim-app", poll_interval=0.2)
+
+    def probe() -> None:  # a commit that waits once synchronous replication is on
+        with psycopg.connect(pg.dsn() + " application_name=probe", autocommit=True) as c:
+            c.execute("insert into probe values (1)")
+
+    @app.step()
+    def charge() -> str:
+        with psycopg.connect(local, autocommit=True) as side:
+            side.execute("insert into executions values ('charge')")
+            side.execute("alter system set synchronous_standby_names = 'nobody'")
+            side.execute("select pg_reload_conf()")
+            threading.Thread(target=probe, daemon=True).start()
+            wait_until(lambda: side.execute(
+                "select count(*) from pg_stat_activity where application_name = 'probe'"
+                " and wait_event = 'SyncRep'").fetchone() == (1,),
+                what="commits to wait for the missing standby")
+        return "ch-1"
+
+    @app.workflow()
+    def pay() -> str:
+        return charge() + "/paid"
+
+    worker = app.worker(["default"], concurrency=2, lease=10, install_signal_handlers=False,
+                        poll_interval=0.2)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        with psycopg.connect(local, autocommit=True, row_factory=dict_row) as watch:
+            handle = app.start(pay, workflow_id="pay-1")
+            pid = wait_until(lambda: watch.execute(
+                "select pid from pg_stat_activity where application_name = 'victim-app'"
+                " and wait_event = 'SyncRep' and query like '%%record_step%%'").fetchone(),
+                what="the checkpoint to wait for its commit")["pid"]
+            watch.execute("select pg_terminate_backend(%s)", [pid])
+            wait_until(lambda: watch.execute(
+                "select count(*) as n from pg_stat_activity where pid = %s", [pid]
+            ).fetchone() == {"n": 0}, what="the checkpoint's backend to exit")
+            committed = watch.execute("select name, output, run_id from ratchet.steps").fetchall()
+            assert [(s["name"], s["output"]) for s in committed] == [("charge", "ch-1")], \
+                "the cut-off checkpoint had committed"
+            watch.execute("alter system reset synchronous_standby_names")
+            watch.execute("select pg_reload_conf()")
+            assert handle.result(timeout=30) == "ch-1/paid"
+            assert watch.execute("select count(*) as n from executions").fetchone() == {"n": 1}
+            [run] = _runs(watch, "pay-1")
+            assert run["outcome"] == "succeeded", "the workflow finished on the run that started it"
+            assert committed[0]["run_id"] == run["run_id"]
         assert thread.is_alive()
     finally:
         worker.stop()

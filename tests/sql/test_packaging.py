@@ -42,7 +42,8 @@ def test_every_function_pins_search_path_and_has_a_comment(conn: Conn) -> None:
     functions = ratchet_functions(conn)
     assert len(functions) > 40
     # The hot-path functions also force generic plans (see sql/00_header.sql).
-    generic = {"ratchet.start_workflow", "ratchet.claim", "ratchet.record_step", "ratchet.finish"}
+    generic = {"ratchet.start_workflow", "ratchet.claim", "ratchet.record_step", "ratchet.finish",
+               "ratchet.record_steps", "ratchet.finish_many"}
     for fn in functions:
         expected = ["search_path=pg_catalog, pg_temp"]
         if fn["signature"].split("(")[0] in generic:
@@ -72,6 +73,11 @@ def test_plpgsql_check_reports_nothing(conn: Conn) -> None:
            and p.prolang = (select oid from pg_language where lanname = 'plpgsql')
         """
     ).fetchall()
+    # _fence returns the locked row and the outcome as two OUT parameters on
+    # purpose (one composite, one text): the extra check would want one only.
+    problems = [p for p in problems
+                if not (p["fn"].startswith("ratchet._fence(") and p["level"] == "warning extra"
+                        and p["message"].startswith("composite OUT variable"))]
     assert problems == []
 
 

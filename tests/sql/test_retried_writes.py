@@ -1,0 +1,131 @@
+"""Retried fenced writes: a write whose reply was lost (the connection dropped
+after it committed) is sent again by the same run and recognised as success;
+anything else is fenced exactly as before (RT003, RT002)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import psycopg
+from sqlhelp import claim, raises_sqlstate, set_now, start
+
+Conn = psycopg.Connection[Any]
+T0 = "2030-01-01 00:00:00Z"
+
+
+def record(conn: Conn, wid: str, run_id: int, step: int, name: str = "s",
+           output: Any = 1, error: Any = None) -> None:
+    conn.execute(
+        "select ratchet.record_step(%s, %s, %s, %s, %s::jsonb, %s::jsonb)",
+        [wid, run_id, step, name, json.dumps(output),
+         None if error is None else json.dumps(error)],
+    )
+
+
+def steps(conn: Conn, wid: str) -> list[dict[str, Any]]:
+    return conn.execute(
+        "select step_id, name, output, error, run_id, recorded_at from ratchet.steps"
+        " where workflow_id = %s order by step_id", [wid]).fetchall()
+
+
+def test_same_run_same_content_checkpoint_retry_is_success(conn: Conn) -> None:
+    wid = start(conn, "wf")
+    [c] = claim(conn)
+    record(conn, wid, c["run_id"], 0, "charge", {"id": "ch-1", "n": [1, 2]})
+    before = steps(conn, wid)
+    record(conn, wid, c["run_id"], 0, "charge", {"n": [1, 2], "id": "ch-1"})  # the retry
+    record(conn, wid, c["run_id"], 1, "fails", None, {"message": "boom"})
+    record(conn, wid, c["run_id"], 1, "fails", None, {"message": "boom"})
+    after = steps(conn, wid)
+    assert after[:1] == before, "the retry changes nothing, not even recorded_at"
+    assert [s["step_id"] for s in after] == [0, 1]
+
+
+def test_same_run_other_content_is_still_rt003(conn: Conn) -> None:
+    wid = start(conn, "wf")
+    [c] = claim(conn)
+    record(conn, wid, c["run_id"], 0, "charge", "a")
+    for name, output, error in [("charge", "b", None), ("other", "a", None),
+                                ("charge", "a", {"message": "x"})]:
+        with raises_sqlstate("RT003"):
+            record(conn, wid, c["run_id"], 0, name, output, error)
+    assert [s["output"] for s in steps(conn, wid)] == ["a"]
+
+
+def test_retry_never_passes_for_or_overwrites_another_runs_checkpoint(conn: Conn) -> None:
+    set_now(conn, T0)
+    wid = start(conn, "wf")
+    [old] = claim(conn, worker="a", lease="10 seconds")
+    set_now(conn, "2030-01-01 00:00:11Z")  # a's lease expired
+    [new] = claim(conn, worker="b")
+    record(conn, wid, new["run_id"], 0, "s", "from-b")
+    # the old run retries a write of the same step and content: it is not its row
+    with raises_sqlstate("RT002"):
+        record(conn, wid, old["run_id"], 0, "s", "from-b")
+    # a row the old run did record, then retried by the new run: RT003, kept
+    wid2 = start(conn, "wf")
+    set_now(conn, "2030-01-01 00:00:12Z")
+    [o2] = claim(conn, worker="a", lease="10 seconds")
+    record(conn, wid2, o2["run_id"], 0, "s", "from-a")
+    set_now(conn, "2030-01-01 00:00:23Z")
+    [n2] = claim(conn, worker="b")
+    assert n2["workflow_id"] == wid2
+    with raises_sqlstate("RT003"):
+        record(conn, wid2, n2["run_id"], 0, "s", "from-a")
+    assert [(s["output"], s["run_id"]) for s in steps(conn, wid2)] == [("from-a", o2["run_id"])]
+    assert [(s["output"], s["run_id"]) for s in steps(conn, wid)] == [("from-b", new["run_id"])]
+
+
+def test_finish_retry_by_the_same_run_is_success(conn: Conn) -> None:
+    wid = start(conn, "wf")
+    [c] = claim(conn)
+    conn.execute("select ratchet.finish(%s, %s, '{\"ok\": 1}')", [wid, c["run_id"]])
+    ended = conn.execute("select ended_at from ratchet.workflows where workflow_id = %s",
+                         [wid]).fetchone()
+    conn.execute("select ratchet.finish(%s, %s, '{\"ok\": 1}')", [wid, c["run_id"]])
+    again = conn.execute("select status, ended_at from ratchet.workflows where workflow_id = %s",
+                         [wid]).fetchone()
+    assert again == {"status": "succeeded", "ended_at": ended["ended_at"]}
+    with raises_sqlstate("RT002"):  # another output is not a retry
+        conn.execute("select ratchet.finish(%s, %s, '{\"ok\": 2}')", [wid, c["run_id"]])
+    with raises_sqlstate("RT002"):  # nor is a fail after the finish
+        conn.execute("select ratchet.fail(%s, %s, '{}')", [wid, c["run_id"]])
+
+
+def test_fail_retry_by_the_same_run_returns_the_same_status(conn: Conn) -> None:
+    wid = start(conn, "wf")
+    [c] = claim(conn)
+    err = '{"message": "boom"}'
+    q = "select ratchet.fail(%s, %s, %s::jsonb, retryable => false) as s"
+    assert conn.execute(q, [wid, c["run_id"], err]).fetchone() == {"s": "failed"}
+    assert conn.execute(q, [wid, c["run_id"], err]).fetchone() == {"s": "failed"}
+    with raises_sqlstate("RT002"):
+        conn.execute(q, [wid, c["run_id"], '{"message": "other"}'])
+    with raises_sqlstate("RT002"):
+        conn.execute("select ratchet.finish(%s, %s, null)", [wid, c["run_id"]])
+
+    # a retried fail that re-enqueued the workflow: 'enqueued' again, one attempt spent
+    wid2 = start(conn, "wf", retry_policy=json.dumps({"max_attempts": 3, "initial_delay": 0}))
+    [c2] = claim(conn)
+    q2 = "select ratchet.fail(%s, %s, %s::jsonb) as s"
+    assert conn.execute(q2, [wid2, c2["run_id"], err]).fetchone() == {"s": "enqueued"}
+    [c3] = claim(conn)  # even once another run has it
+    assert c3["workflow_id"] == wid2
+    assert conn.execute(q2, [wid2, c2["run_id"], err]).fetchone() == {"s": "enqueued"}
+    w = conn.execute("select status, attempts, run_id from ratchet.workflows where workflow_id = %s",
+                     [wid2]).fetchone()
+    assert w == {"status": "running", "attempts": 2, "run_id": c3["run_id"]}
+
+
+def test_end_of_a_lost_run_is_not_a_retry(conn: Conn) -> None:
+    set_now(conn, T0)
+    wid = start(conn, "wf")
+    [old] = claim(conn, worker="a", lease="10 seconds")
+    set_now(conn, "2030-01-01 00:00:11Z")
+    [new] = claim(conn, worker="b")
+    conn.execute("select ratchet.finish(%s, %s, '1')", [wid, new["run_id"]])
+    with raises_sqlstate("RT002"):  # b finished with 1; a's finish with 1 is not a's
+        conn.execute("select ratchet.finish(%s, %s, '1')", [wid, old["run_id"]])
+    with raises_sqlstate("RT002"):
+        conn.execute("select ratchet.fail(%s, %s, null)", [wid, old["run_id"]])
