@@ -95,9 +95,13 @@ begin
     perform ratchet._check_name(p_topic, 'topic');
   end if;
   perform ratchet._fence(p_workflow_id, p_run_id, false, true);
+  -- a recorded step is replayed by the client, never received again (not
+  -- even by its own run: a timed-out recv is recorded with no message)
   if exists (select 1 from ratchet.steps s
               where s.workflow_id = p_workflow_id and s.step_id = p_step_id) then
-    perform ratchet._insert_step(p_workflow_id, p_run_id, p_step_id, 'recv', null, null, v_now);
+    perform ratchet._raise('RT003',
+      pg_catalog.format('step %s of workflow "%s" is already recorded', p_step_id, p_workflow_id),
+      'a recorded step is never overwritten; replay it from the claimed steps');
   end if;
 
   select * into v_msg from ratchet.messages m

@@ -129,3 +129,17 @@ def test_end_of_a_lost_run_is_not_a_retry(conn: Conn) -> None:
         conn.execute("select ratchet.finish(%s, %s, '1')", [wid, old["run_id"]])
     with raises_sqlstate("RT002"):
         conn.execute("select ratchet.fail(%s, %s, null)", [wid, old["run_id"]])
+
+
+def test_recv_on_a_step_its_own_run_recorded_empty_is_still_rt003(conn: Conn) -> None:
+    """A timed-out recv is recorded with no output by its own run; receiving on
+    that step again must not consume a message (it is not a retried write)."""
+    wid = start(conn, "wf")
+    [c] = claim(conn)
+    conn.execute("select ratchet.record_step(%s, %s, 0, 'recv')", [wid, c["run_id"]])
+    conn.execute("select ratchet.send(%s, '1')", [wid])
+    with raises_sqlstate("RT003"):
+        conn.execute("select ratchet.recv(%s, %s, 0)", [wid, c["run_id"]])
+    left = conn.execute("select count(*) as n from ratchet.messages where consumed_at is null"
+                        ).fetchone()
+    assert left == {"n": 1}
