@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run  # noqa: E402  (bench/run.py: the server and pgbench helpers)
 
-from ratchet._embedded import EmbeddedPostgres  # noqa: E402
+from ratchet.testing import EmbeddedPostgres  # noqa: E402
 
 #: the section this script writes at the end of docs/benchmarks.md (replacing
 #: an earlier one; bench/run.py rewrites the rest of the file)

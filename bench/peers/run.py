@@ -1,7 +1,7 @@
 """Ratchet next to its peers: the same job-queue workload on the same server.
 
 ``make bench-peers`` runs ``bench/peers/run.py --out docs/benchmarks.md``: one
-throwaway PostgreSQL server (``ratchet._embedded.EmbeddedPostgres``, fsync and
+throwaway PostgreSQL server (``ratchet.testing.EmbeddedPostgres``, fsync and
 synchronous_commit on), one database per tool, and for each tool, each worker
 count (1, 4, 16) and each of ``--reps`` short runs, interleaved:
 
@@ -56,7 +56,7 @@ PLAIN_SCRIPT = CLIENT_DIR / "ratchet" / "_sql" / "ratchet.sql"
 PGBOSS_DIR = PEERS_DIR / "pgboss"
 sys.path.insert(0, str(CLIENT_DIR))
 
-from ratchet._embedded import EmbeddedPostgres  # noqa: E402
+from ratchet.testing import EmbeddedPostgres  # noqa: E402
 
 BEGIN, END = "<!-- peers:begin -->", "<!-- peers:end -->"
 KINDS = {"jobs": 0, "wf3": 3}           # workload -> checkpointed steps per workflow
