@@ -305,7 +305,10 @@ def create_app(dsn: str, *, actions: bool = False, token: str | None = None,
                                    "bucket": timedelta(seconds=step)})
         slots = span // step
         workers = await fetch(queries.WORKERS)
-        view = await fetch("select to_regclass('ratchet.workers') is not null as present")
+        # The view calls ratchet.now(): a SELECT-only role may not (then the
+        # dashboard's own lease query, on the tables alone, stands in).
+        view = await fetch("select to_regclass('ratchet.workers') is not null"
+                           " and has_function_privilege('ratchet.now()', 'execute') as present")
         registered = await fetch(queries.WORKERS_VIEW) if view[0]["present"] else None
         return render(request, "overview.html", counts=counts, total=sum(counts.values()),
                       queues=await fetch(queries.QUEUES), workers=workers,
