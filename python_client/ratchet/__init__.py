@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import logging
 
-from ._app import App, Step, Transaction, Workflow, WorkflowHandle
+from ._app import App
+from ._context import step_idempotency_key, workflow_id
 from ._errors import (
     AsyncNotSupported,
     DuplicateDedupKey,
@@ -44,8 +45,10 @@ from ._errors import (
     WorkflowFailed,
     WorkflowNotFound,
 )
+from ._handles import WorkflowHandle
 from ._install import install
 from ._middleware import ExecutionInfo, Middleware
+from ._patches import deprecate_patch, patched
 from ._records import (
     QueueInfo,
     QueueMetrics,
@@ -55,17 +58,10 @@ from ._records import (
     WorkflowInfo,
     WorkflowStatus,
 )
-from ._runtime import (
-    deprecate_patch,
-    get_event,
-    patched,
-    recv,
-    set_event,
-    sleep,
-    step_idempotency_key,
-    workflow_id,
-)
+from ._steps import Step, Transaction
+from ._waits import get_event, recv, set_event, sleep
 from ._worker import Worker
+from ._workflows import Workflow
 
 __version__ = "0.2.0"
 

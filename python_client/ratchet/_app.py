@@ -1,11 +1,10 @@
-"""The application object: decorators, starting workflows, handles."""
+"""The application object: configuration, decorators, starting and managing
+workflows, reading records, workers."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
-import json
 import logging
 import os
 import socket
@@ -13,18 +12,20 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, cast, overload
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
 
 import psycopg
 
-from . import _queries, _records, _runtime
-from ._context import WorkflowContext, active_workflow
+from . import _queries, _records
+from ._context import active_workflow
 from ._db import Database
-from ._errors import AsyncNotSupported, WorkflowArgumentError, connection_lost
-from ._json import dumps, encode_input
+from ._errors import AsyncNotSupported, connection_lost
+from ._handles import WorkflowHandle
+from ._json import dumps
 from ._listener import Listener
 from ._middleware import Middleware, MiddlewareChain
+from ._outcome import child_result
 from ._records import (
     QueueInfo,
     QueueMetrics,
@@ -34,7 +35,11 @@ from ._records import (
     WorkflowInfo,
     WorkflowStatus,
 )
-from ._runtime import Checkpointed
+from ._runs import heartbeat_loop, nested_run, run_directly
+from ._steps import Step, Transaction
+from ._waits import get_event as get_event_in_workflow
+from ._waits import read_event
+from ._workflows import Seconds, Workflow, default_name, start_child, start_params, to_seconds
 
 if TYPE_CHECKING:
     from ._worker import Worker
@@ -43,27 +48,6 @@ logger = logging.getLogger("ratchet")
 
 P = ParamSpec("P")
 R = TypeVar("R")
-T = TypeVar("T")
-
-Seconds = float | int | timedelta
-
-
-def _seconds(value: Seconds | None, what: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    raise TypeError(f"{what} must be a number of seconds or a timedelta, not {value!r}")
-
-
-def default_name(fn: Callable[..., Any]) -> str:
-    """A function's registered name: its qualified name (``Class.method``), or
-    just its name when it is defined inside another function."""
-    name = str(getattr(fn, "__name__", repr(fn)))
-    qualname = str(getattr(fn, "__qualname__", name))
-    return name if "<locals>" in qualname else qualname
 
 
 def make_worker_id(kind: str = "") -> str:
@@ -85,247 +69,6 @@ def _reject_async(fn: Callable[..., Any], decorator: str) -> None:
             "workflows and steps synchronously (it would only get a coroutine back). "
             f"Hint: define {name} with a plain `def` (call async libraries inside it "
             "with asyncio.run(...)), or use an async client when one is available.")
-
-
-# -- workflows and steps ----------------------------------------------------------
-
-
-class Workflow(Generic[P, R]):
-    """A function registered with :meth:`App.workflow`.
-
-    Start it with :meth:`App.start` (from anywhere; a worker runs it), or call
-    it: outside a workflow the call starts it with a generated id and runs it
-    durably in this process, returning its result; inside a workflow the call
-    starts it as a child workflow (a checkpointed step) and waits for it.
-    """
-
-    def __init__(self, app: App, fn: Callable[P, R], *, name: str, queue: str,
-                 max_attempts: int | None, timeout: float | None, retries: int,
-                 retry_interval: float, retry_backoff: float, retry_max_delay: float) -> None:
-        self.app = app
-        self.fn = fn
-        self.name = name
-        self.queue = queue
-        self.retry_policy = retry_policy(retries, retry_interval, retry_backoff, retry_max_delay)
-        # one knob: retries=n is max_attempts=n+1 (errors and lost leases alike)
-        self.max_attempts = max_attempts if max_attempts is not None else \
-            (retries + 1 if retries else None)
-        self.timeout = timeout
-        self.retries = retries
-        try:
-            self._signature: inspect.Signature | None = inspect.signature(fn)
-        except (TypeError, ValueError):  # some builtins have no signature
-            self._signature = None
-        functools.update_wrapper(self, fn)
-
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        return cast(R, self.app._call_directly(self, args, kwargs))
-
-    def check_arguments(self, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
-        """Raise :class:`WorkflowArgumentError` unless ``args`` and ``kwargs`` bind
-        to the workflow function's signature (as a call would)."""
-        if self._signature is None:
-            return
-        try:
-            self._signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            plain = self._signature.replace(
-                parameters=[p.replace(annotation=inspect.Parameter.empty)
-                            for p in self._signature.parameters.values()],
-                return_annotation=inspect.Signature.empty)
-            raise WorkflowArgumentError(
-                f"workflow {self.name!r} cannot be started with these arguments: {exc} "
-                f"(it takes {self.name}{plain})") from None
-
-    def __repr__(self) -> str:
-        return f"<ratchet.Workflow {self.name!r} queue={self.queue!r}>"
-
-
-def retry_policy(retries: int, interval: float, backoff: float,
-                 max_delay: float) -> dict[str, Any] | None:
-    """The SQL retry policy (``ratchet.retry_delay``) for ``retries`` retries; None
-    for none. The database computes every delay from it."""
-    if retries < 0:
-        raise ValueError("retries must be >= 0")
-    if not retries:
-        return None
-    return {"max_attempts": retries + 1, "initial_delay": interval,
-            "backoff_factor": backoff, "max_delay": max_delay}
-
-
-class StepBase:
-    """What every kind of step has: a name and a retry policy."""
-
-    def __init__(self, app: App, *, name: str, retries: int, backoff: float, interval: float,
-                 max_delay: float) -> None:
-        self.retry_policy = retry_policy(retries, interval, backoff, max_delay)
-        self.app = app
-        self.name = name
-        self.retries = retries
-
-    def _run_plain(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Run outside a workflow: just the function."""
-        raise NotImplementedError
-
-    def _attempt(self, ctx: WorkflowContext, step_id: int, args: tuple[Any, ...],
-                kwargs: dict[str, Any]) -> Any:
-        """Execute once inside a workflow; a :class:`Checkpointed` result means the
-        step recorded itself."""
-        raise NotImplementedError
-
-
-class Step(StepBase, Generic[P, R]):
-    """A function registered with :meth:`App.step`: checkpointed when a workflow
-    calls it; a plain call anywhere else."""
-
-    def __init__(self, app: App, fn: Callable[P, R], *, name: str, retries: int,
-                 backoff: float, interval: float, max_delay: float,
-                 timeout: float | None) -> None:
-        super().__init__(app, name=name, retries=retries, backoff=backoff, interval=interval,
-                         max_delay=max_delay)
-        self.fn = fn
-        self.timeout = timeout
-        functools.update_wrapper(self, fn)
-
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        return cast(R, _runtime.run_step(self, args, kwargs))
-
-    def _run_plain(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return self.fn(*args, **kwargs)
-
-    def _attempt(self, ctx: WorkflowContext, step_id: int, args: tuple[Any, ...],
-                kwargs: dict[str, Any]) -> Any:
-        return _runtime.call_with_timeout(lambda: self.fn(*args, **kwargs), self.timeout,
-                                          self.name)
-
-    def __repr__(self) -> str:
-        return f"<ratchet.Step {self.name!r}>"
-
-
-class _UserFailure(Exception):
-    def __init__(self, exc: Exception) -> None:
-        self.exc = exc
-
-
-class Transaction(StepBase, Generic[P, R]):
-    """A function registered with :meth:`App.transaction`: it receives a cursor,
-    and its SQL commits in the same transaction as its checkpoint."""
-
-    def __init__(self, app: App, fn: Callable[Concatenate[psycopg.Cursor[Any], P], R], *,
-                 name: str, retries: int, backoff: float, interval: float,
-                 max_delay: float) -> None:
-        super().__init__(app, name=name, retries=retries, backoff=backoff, interval=interval,
-                         max_delay=max_delay)
-        self.fn = fn
-        functools.update_wrapper(self, fn)
-
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        return cast(R, _runtime.run_step(self, args, kwargs))
-
-    def _run_plain(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        with self.app._db.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            return self.fn(cur, *args, **kwargs)
-
-    def _attempt(self, ctx: WorkflowContext, step_id: int, args: tuple[Any, ...],
-                kwargs: dict[str, Any]) -> Any:
-        try:
-            with self.app._db.connection() as conn:
-                with conn.transaction():
-                    with conn.cursor() as cur:
-                        try:
-                            result = self.fn(cur, *args, **kwargs)
-                            output = dumps(result, f"the result of step {self.name!r}")
-                        except Exception as exc:
-                            if connection_lost(exc):
-                                raise  # not the step's failure: the run stops, see below
-                            raise _UserFailure(exc) from exc
-                    # The checkpoint, in the same transaction: RT002/RT006 here
-                    # roll back everything the function did.
-                    ctx.call(_queries.RECORD_STEP, (ctx.workflow_id, ctx.run_id, step_id,
-                                               self.name, output, None), conn=conn)
-        except _UserFailure as failure:
-            raise failure.exc from None
-        except psycopg.Error as exc:
-            # class 40 at COMMIT (serialization failure, deadlock): transient,
-            # nothing committed; release like a lost connection (issue 14)
-            if not connection_lost(exc) and not (exc.sqlstate or "").startswith("40"):
-                raise
-            # The connection died (terminated backend, server restart) in the
-            # function or at COMMIT. Nothing, or all of it with its checkpoint,
-            # was committed; either way the run stops and is released, and the
-            # next run replays the step or runs it again. Never a step failure.
-            raise ctx.run_error(exc) from exc
-        return Checkpointed(json.loads(output))
-
-    def __repr__(self) -> str:
-        return f"<ratchet.Transaction {self.name!r}>"
-
-
-# -- handles ---------------------------------------------------------------------
-
-
-class WorkflowHandle(Generic[R]):
-    """A reference to a started workflow, by id (from :meth:`App.start` or
-    :meth:`App.retrieve`)."""
-
-    def __init__(self, app: App, workflow_id: str) -> None:
-        self.app = app
-        self.workflow_id = workflow_id
-
-    def __repr__(self) -> str:
-        return f"<ratchet.WorkflowHandle {self.workflow_id!r}>"
-
-    def info(self) -> dict[str, Any]:
-        """The workflow's row of ``ratchet.workflows`` as a dict."""
-        row = self.app._db.fetchone(_queries.GET_WORKFLOW, (self.workflow_id,))
-        assert row is not None
-        return dict(row)
-
-    def status(self) -> WorkflowStatus:
-        """The status (``enqueued``, ``running``, ``succeeded``, ``failed``,
-        ``cancelled`` or ``dead``) with why it waits: a :class:`WorkflowStatus`
-        (``waiting_for``, ``wait_key``, ``wake_at``, ``reason``,
-        ``running_step``). It compares equal to the status string."""
-        return self.app.workflow_status(self.workflow_id)
-
-    def get(self) -> WorkflowInfo:
-        """The workflow's row as a typed :class:`WorkflowInfo`."""
-        return WorkflowInfo.from_row(self.info())
-
-    def result(self, timeout: float | None = None) -> R:
-        """Wait for the workflow to end and return its output.
-
-        Raises :class:`WorkflowFailed` (failed or dead; carries the stored error),
-        :class:`WorkflowCancelled`, or :class:`TimeoutError` after ``timeout``
-        seconds (None: wait as long as it takes). Inside a workflow the wait is a
-        checkpointed step that releases the worker while the other workflow runs.
-        """
-        ctx = active_workflow()
-        if ctx is not None:
-            return cast(R, _runtime.child_result(ctx, self.workflow_id, timeout))
-        return cast(R, _runtime.workflow_result(self.app, self.workflow_id, timeout))
-
-    def cancel(self) -> int:
-        """Cancel the workflow and its children; returns how many were cancelled."""
-        return self.app.cancel(self.workflow_id)
-
-    def resume(self) -> None:
-        """Put a failed, cancelled or dead workflow back in its queue."""
-        self.app.resume(self.workflow_id)
-
-    def steps(self) -> list[dict[str, Any]]:
-        """The recorded steps, in order, as dicts (``ratchet.steps`` rows)."""
-        return [dict(r) for r in self.app._db.fetchall(_queries.GET_STEPS, (self.workflow_id,))]
-
-    def get_event(self, key: str, timeout: float | None = None) -> Any:
-        """This workflow's event ``key`` (see :meth:`App.get_event`)."""
-        return self.app.get_event(self.workflow_id, key, timeout=timeout)
-
-    def send(self, message: Any, topic: str | None = None,
-             idempotency_key: str | None = None) -> int:
-        """Send this workflow a message (see :meth:`App.send`)."""
-        return self.app.send(self.workflow_id, message, topic=topic,
-                             idempotency_key=idempotency_key)
 
 
 # -- the app ---------------------------------------------------------------------
@@ -362,7 +105,7 @@ class _LocalRunner:
 
     def _beat(self) -> None:
         # renews every run of this app's in-process worker id (direct calls)
-        _runtime.heartbeat_loop(self.app, self.worker_id, self.lease, self._idle,
+        heartbeat_loop(self.app, self.worker_id, self.lease, self._idle,
                                 lambda: None)
 
     def _idle(self, interval: float) -> bool:
@@ -518,7 +261,7 @@ class App:
         retry_backoff**n`` seconds, capped by ``retry_max_delay``) from the
         policy stored with the workflow. Without, an exception fails it.
         """
-        timeout_s = _seconds(timeout, "timeout")
+        timeout_s = to_seconds(timeout, "timeout")
 
         def register(func: Callable[P, R]) -> Workflow[P, R]:
             _reject_async(func, "workflow")
@@ -666,39 +409,16 @@ class App:
         return WorkflowHandle(self, self._start(fn, args, kwargs, **options))
 
     def _start(self, fn: Workflow[..., Any] | str, args: Sequence[Any], kwargs: dict[str, Any],
-               *, workflow_id: str | None = None, queue: str | None = None, priority: int = 0,
-               dedup_key: str | None = None, start_at: datetime | None = None,
-               delay: Seconds | None = None, timeout: Seconds | None = None,
-               max_attempts: int | None = None) -> str:
-        policy = None
-        if isinstance(fn, Workflow):
-            fn.check_arguments(args, kwargs)
-            name = fn.name
-            policy = fn.retry_policy
-            queue = queue or fn.queue
-            max_attempts = max_attempts if max_attempts is not None else fn.max_attempts
-            timeout_s = _seconds(timeout, "timeout") if timeout is not None else fn.timeout
-        elif isinstance(fn, str):
-            name = fn
-            timeout_s = _seconds(timeout, "timeout")
-        else:
-            raise TypeError(f"start() needs a workflow registered with @app.workflow() or a "
-                            f"workflow name, not {fn!r}")
-        params = {
-            "name": name, "input": encode_input(args, kwargs, f"the input of workflow {name!r}"),
-            "workflow_id": workflow_id, "queue": queue or "default", "priority": priority,
-            "dedup_key": dedup_key, "start_at": start_at, "delay": _seconds(delay, "delay"),
-            "timeout": timeout_s, "max_attempts": max_attempts, "parent_id": None,
-            "retry_policy": None if policy is None else dumps(policy, "the retry policy"),
-            "app_version": self.app_version,
-            "trace_context": None,
-        }
+               **options: Any) -> str:
+        params = start_params(fn, args, kwargs, app_version=self.app_version, **options)
+        workflow_id = params["workflow_id"]
+        name = params["name"]
         ctx = active_workflow()
         if ctx is not None:
             if self._tracing is not None:
                 carrier = self._tracing.carrier()
                 params["trace_context"] = None if carrier is None else dumps(carrier, "trace")
-            return _runtime.start_child(ctx, name, params)
+            return start_child(ctx, name, params)
         # The id is chosen here, not by the server, so that a start whose reply
         # was lost with its connection can be sent again: the id is the
         # idempotency key, and the second call returns the first workflow.
@@ -720,13 +440,13 @@ class App:
         if ctx is not None:
             child_id = self._start(wf, args, kwargs)
             if ctx.next_step not in ctx.recorded:
-                _runtime.nested_run(ctx, child_id)
-            return _runtime.child_result(ctx, child_id, None)
+                nested_run(ctx, child_id)
+            return child_result(ctx, child_id, None)
         workflow_id = self._start(wf, args, kwargs)
         if self._local is None:
             self._local = _LocalRunner(self)
         with self._local.running() as worker_id:
-            return _runtime.run_directly(self, workflow_id, worker_id, self._local.lease)
+            return run_directly(self, workflow_id, worker_id, self._local.lease)
 
     def retrieve(self, workflow_id: str) -> WorkflowHandle[Any]:
         """A handle to an existing workflow (:class:`WorkflowNotFound` if none)."""
@@ -765,8 +485,8 @@ class App:
         set (None: don't wait) and returns None if it is not. Inside a workflow
         the value read is checkpointed."""
         if active_workflow() is not None:
-            return _runtime.get_event(workflow_id, key, timeout)
-        return _runtime.read_event(self, workflow_id, key, timeout)
+            return get_event_in_workflow(workflow_id, key, timeout)
+        return read_event(self, workflow_id, key, timeout)
 
     # -- managing ------------------------------------------------------------
 
@@ -796,7 +516,7 @@ class App:
         self._db.fetchone(
             _queries.CREATE_QUEUE,
             (name, concurrency, worker_concurrency, rate_limit,
-             _seconds(rate_period, "rate_period")))
+             to_seconds(rate_period, "rate_period")))
 
     def pause_queue(self, name: str) -> None:
         """Stop workers from claiming on queue ``name``."""
@@ -899,7 +619,7 @@ class App:
         workflows started, succeeded, failed, cancelled; running and due now;
         the age of the oldest due workflow; step latency percentiles."""
         return [QueueMetrics.from_row(dict(r))
-                for r in self._db.fetchall(_queries.METRICS, (_seconds(window, "window"),))]
+                for r in self._db.fetchall(_queries.METRICS, (to_seconds(window, "window"),))]
 
     # -- retention -----------------------------------------------------------
 
@@ -910,7 +630,7 @@ class App:
         end status; at most ``max_rows`` per call. Returns how many."""
         row = self._db.fetchone(
             _queries.PURGE,
-            (_seconds(older_than, "older_than"), max_rows, queue, status))
+            (to_seconds(older_than, "older_than"), max_rows, queue, status))
         return int(row["n"] or 0) if row else 0
 
     def set_retention(self, queue: str, status: str, keep: Seconds | None) -> None:
@@ -918,14 +638,14 @@ class App:
         cancelled, dead, or all) for ``keep`` seconds; None keeps them forever."""
         self._db.fetchone(
             _queries.SET_RETENTION,
-            (queue, status, _seconds(keep, "keep")))
+            (queue, status, to_seconds(keep, "keep")))
 
     def count_purgeable(self, older_than: Seconds, *, queue: str | None = None,
                         status: str | None = None) -> int:
         """How many ended workflows :meth:`purge` would delete (``purge --dry-run``)."""
         row = self._db.fetchone(
             _queries.COUNT_PURGEABLE,
-            (_seconds(older_than, "older_than"), queue, queue, status, status))
+            (to_seconds(older_than, "older_than"), queue, queue, status, status))
         return int(row["n"] or 0) if row else 0
 
     def retention(self, queue: str | None = None) -> list[dict[str, Any]]:

@@ -37,6 +37,19 @@ if TYPE_CHECKING:
 logger = logging.getLogger("ratchet")
 
 
+def decode_claim(row: dict[str, Any]) -> tuple[Any, dict[int, dict[str, Any]]]:
+    """The input and the recorded steps (by step number) of a claimed row, whose
+    ``input`` and ``steps`` may be JSON text or already decoded. Decoding errors
+    (``ValueError``, ``RecursionError``...) propagate. No I/O."""
+    steps = row.get("steps")
+    if isinstance(steps, str):
+        steps = json.loads(steps)
+    value = row.get("input")
+    if isinstance(value, str):
+        value = json.loads(value)
+    return value, {int(s["step_id"]): s for s in (steps or [])}
+
+
 @dataclass
 class StepContext:
     """The step being executed (not replayed) right now."""
@@ -84,13 +97,7 @@ class WorkflowContext:
         selects, see ``_queries.CLAIM``); decoding errors (``ValueError``,
         ``RecursionError``) propagate for the caller to fail this workflow alone.
         """
-        steps = row.get("steps")
-        if isinstance(steps, str):
-            steps = json.loads(steps)
-        value = row.get("input")
-        if isinstance(value, str):
-            value = json.loads(value)
-        recorded = {int(s["step_id"]): s for s in (steps or [])}
+        value, recorded = decode_claim(row)
         return cls(app=app, workflow_id=row["workflow_id"], run_id=int(row["run_id"]),
                    name=row["name"], attempt=int(row.get("attempt") or 1),
                    worker_id=worker_id, lease=lease, recorded=recorded,
@@ -217,3 +224,29 @@ def active_workflow() -> WorkflowContext | None:
     if current_step.get() is not None:
         return None
     return current_workflow.get()
+
+
+def require_workflow(what: str) -> WorkflowContext:
+    """The active run, or RuntimeError naming ``ratchet.<what>()`` outside one."""
+    ctx = active_workflow()
+    if ctx is None:
+        raise RuntimeError(f"ratchet.{what}() can only be called inside a workflow "
+                           "(and not inside a step)")
+    return ctx
+
+
+def workflow_id() -> str | None:
+    """The id of the workflow whose code is running (also inside its steps), or
+    None outside workflows."""
+    ctx = current_workflow.get()
+    return None if ctx is None else ctx.workflow_id
+
+
+def step_idempotency_key() -> str:
+    """``"<workflow_id>:<step_id>"`` inside a step: stable across retries and
+    replays, for passing to external APIs (payments, e-mail) as their
+    idempotency key."""
+    step = current_step.get()
+    if step is None:
+        raise RuntimeError("ratchet.step_idempotency_key() can only be called inside a step")
+    return f"{step.workflow_id}:{step.step_id}"

@@ -2,9 +2,10 @@
 
 Each statement is a static string calling one function (or view) of the
 extension with named arguments and explicit casts, so plans and prepared
-statements are reused. The modules that run them (``_app``, ``_runtime``,
-``_context``, ``_worker``, ``cli`` through :class:`ratchet.App`) import them from
-here and never build SQL of their own. The installer (``_install``) and the
+statements are reused. The modules that run them (``_app``, ``_steps``,
+``_waits``, ``_outcome``, ``_runs``, ``_context``, ``_worker``, ``cli`` through
+:class:`ratchet.App`...) import them from here and never build SQL of their
+own. The installer (``_install``) and the
 demo keep their own bootstrap statements; the web UI has its documented
 ``ratchet.ui.queries``.
 """
@@ -46,7 +47,7 @@ STATUS = "select status, output, error from ratchet.get_workflow(workflow_id => 
 # -- running ------------------------------------------------------------------
 
 # input and steps come back as JSON text, decoded per workflow by
-# _runtime.context_from_claim: a row that cannot be decoded (nested too deep
+# _runs.context_from_claim: a row that cannot be decoded (nested too deep
 # for Python's decoder, written by an old version) then fails alone instead
 # of taking the whole claimed batch down inside fetchall().
 _CLAIMED_COLUMNS = "workflow_id, name, input::text as input, run_id, attempt, steps::text as steps"

@@ -17,11 +17,13 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from . import _queries, _runtime
+from . import _queries
 from ._app import make_worker_id
 from ._batch import FinishBatcher
 from ._context import WorkflowContext
 from ._listener import queue_channel
+from ._outcome import release
+from ._runs import context_from_claim, heartbeat_loop, run_workflow
 
 if TYPE_CHECKING:
     from ._app import App
@@ -242,7 +244,7 @@ class Worker:
 
     def _start(self, rows: Any) -> None:
         for row in rows:
-            ctx = _runtime.context_from_claim(self.app, dict(row), self.worker_id, self.lease)
+            ctx = context_from_claim(self.app, dict(row), self.worker_id, self.lease)
             if ctx is None:  # undecodable: failed alone, its neighbours run
                 self.outcomes["undecodable"] = self.outcomes.get("undecodable", 0) + 1
                 continue
@@ -256,11 +258,11 @@ class Worker:
     def _run_one(self, ctx: WorkflowContext) -> None:
         outcome = "error"
         try:
-            outcome = _runtime.run_workflow(ctx)
+            outcome = run_workflow(ctx)
         except BaseException:
             logger.exception("unexpected error running workflow %s",
                              ctx.workflow_id, extra=ctx.log_extra())
-            _runtime.release(ctx, "unexpected error in the worker")
+            release(ctx, "unexpected error in the worker")
         finally:
             with self._lock:
                 if self._active.get(ctx.workflow_id) is ctx:
@@ -308,7 +310,7 @@ class Worker:
         return deleted
 
     def _heartbeat_loop(self) -> None:
-        _runtime.heartbeat_loop(self.app, self.worker_id, self.lease, self._done.wait,
+        heartbeat_loop(self.app, self.worker_id, self.lease, self._done.wait,
                                 self._running_ids, self._renewed)
 
     def _running_ids(self) -> list[str]:
@@ -332,4 +334,4 @@ class Worker:
         with self._lock:
             left = list(self._active.values())
         for ctx in left:
-            _runtime.release(ctx, "worker shutting down")
+            release(ctx, "worker shutting down")

@@ -11,7 +11,7 @@ import pytest
 from helpers import poll
 
 import ratchet
-from ratchet import _runtime
+from ratchet import _runs
 
 
 def effects(conn, workflow_id: str) -> dict[str, int]:
@@ -111,7 +111,7 @@ def test_marker_decides_on_replay_and_deprecate_patch(dsn, conn):
         for app in (v2, v3):
             fork = app.fork(wid, from_step=2)
             worker_id = f"test-{id(app)}"
-            out = _runtime.run_directly(app, fork.workflow_id, worker_id, 30.0)
+            out = _runs.run_directly(app, fork.workflow_id, worker_id, 30.0)
             assert out == [True, True, "new", 1]
             assert step_names(conn, fork.workflow_id) == ["patch:x", "new_step", "tail"]
         assert calls == {"new_step": 1, "tail": 3}
@@ -151,6 +151,6 @@ def test_patched_keeps_old_numbering_when_old_run_replays(app, conn):
                  "step_id => 0, name => 'old_step', output => '\"old\"')", (run["run_id"],))
     conn.execute("update ratchet.workflows set lease_expires_at = ratchet.now() - "
                  "interval '1 second' where workflow_id = 'legacy'")
-    assert _runtime.run_directly(app, h.workflow_id, "new-worker", 30.0) == "old"
+    assert _runs.run_directly(app, h.workflow_id, "new-worker", 30.0) == "old"
     assert step_names(conn, "legacy") == ["old_step"]
 

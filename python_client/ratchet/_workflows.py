@@ -1,0 +1,161 @@
+"""Workflows: the registered function, its arguments, and what starting it sends.
+
+:func:`start_params` builds the parameters of ``ratchet.start`` from a
+workflow (or a name), its arguments and the start options, without I/O; the
+app sends them (:data:`ratchet._queries.START`), or :func:`start_child` does
+inside a workflow, as a checkpointed step.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
+
+from . import _queries
+from ._context import WorkflowContext
+from ._errors import WorkflowArgumentError
+from ._json import dumps, encode_input
+from ._steps import retry_policy
+
+if TYPE_CHECKING:
+    from ._app import App
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: a duration: seconds, or a timedelta
+Seconds = float | int | timedelta
+
+
+def to_seconds(value: Seconds | None, what: str) -> float | None:
+    """``value`` in seconds (None stays None); TypeError naming ``what`` otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError(f"{what} must be a number of seconds or a timedelta, not {value!r}")
+
+
+def default_name(fn: Callable[..., Any]) -> str:
+    """A function's registered name: its qualified name (``Class.method``), or
+    just its name when it is defined inside another function."""
+    name = str(getattr(fn, "__name__", repr(fn)))
+    qualname = str(getattr(fn, "__qualname__", name))
+    return name if "<locals>" in qualname else qualname
+
+
+def bind_arguments(signature: inspect.Signature | None, name: str, args: Sequence[Any],
+                   kwargs: dict[str, Any]) -> None:
+    """Raise :class:`WorkflowArgumentError` unless ``args`` and ``kwargs`` bind to
+    ``signature`` (that of workflow ``name``) as a call would; None: no check."""
+    if signature is None:
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        plain = signature.replace(
+            parameters=[p.replace(annotation=inspect.Parameter.empty)
+                        for p in signature.parameters.values()],
+            return_annotation=inspect.Signature.empty)
+        raise WorkflowArgumentError(
+            f"workflow {name!r} cannot be started with these arguments: {exc} "
+            f"(it takes {name}{plain})") from None
+
+
+class Workflow(Generic[P, R]):
+    """A function registered with :meth:`App.workflow`.
+
+    Start it with :meth:`App.start` (from anywhere; a worker runs it), or call
+    it: outside a workflow the call starts it with a generated id and runs it
+    durably in this process, returning its result; inside a workflow the call
+    starts it as a child workflow (a checkpointed step) and waits for it.
+    """
+
+    def __init__(self, app: App, fn: Callable[P, R], *, name: str, queue: str,
+                 max_attempts: int | None, timeout: float | None, retries: int,
+                 retry_interval: float, retry_backoff: float, retry_max_delay: float) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.queue = queue
+        self.retry_policy = retry_policy(retries, retry_interval, retry_backoff, retry_max_delay)
+        # one knob: retries=n is max_attempts=n+1 (errors and lost leases alike)
+        self.max_attempts = max_attempts if max_attempts is not None else \
+            (retries + 1 if retries else None)
+        self.timeout = timeout
+        self.retries = retries
+        try:
+            self._signature: inspect.Signature | None = inspect.signature(fn)
+        except (TypeError, ValueError):  # some builtins have no signature
+            self._signature = None
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return cast(R, self.app._call_directly(self, args, kwargs))
+
+    def check_arguments(self, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+        """Raise :class:`WorkflowArgumentError` unless ``args`` and ``kwargs`` bind
+        to the workflow function's signature (as a call would)."""
+        bind_arguments(self._signature, self.name, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<ratchet.Workflow {self.name!r} queue={self.queue!r}>"
+
+
+def start_params(fn: Workflow[..., Any] | str, args: Sequence[Any], kwargs: dict[str, Any],
+                 *, app_version: str | None, workflow_id: str | None = None,
+                 queue: str | None = None, priority: int = 0, dedup_key: str | None = None,
+                 start_at: datetime | None = None, delay: Seconds | None = None,
+                 timeout: Seconds | None = None,
+                 max_attempts: int | None = None) -> dict[str, Any]:
+    """The parameters of :data:`ratchet._queries.START` for starting ``fn`` (a
+    workflow, whose arguments are checked and whose defaults apply, or a
+    name) with ``args`` and ``kwargs``: validated and JSON-encoded, no I/O.
+    ``workflow_id`` stays None when not given (the caller picks one)."""
+    policy = None
+    if isinstance(fn, Workflow):
+        fn.check_arguments(args, kwargs)
+        name = fn.name
+        policy = fn.retry_policy
+        queue = queue or fn.queue
+        max_attempts = max_attempts if max_attempts is not None else fn.max_attempts
+        timeout_s = to_seconds(timeout, "timeout") if timeout is not None else fn.timeout
+    elif isinstance(fn, str):
+        name = fn
+        timeout_s = to_seconds(timeout, "timeout")
+    else:
+        raise TypeError(f"start() needs a workflow registered with @app.workflow() or a "
+                        f"workflow name, not {fn!r}")
+    return {
+        "name": name, "input": encode_input(args, kwargs, f"the input of workflow {name!r}"),
+        "workflow_id": workflow_id, "queue": queue or "default", "priority": priority,
+        "dedup_key": dedup_key, "start_at": start_at, "delay": to_seconds(delay, "delay"),
+        "timeout": timeout_s, "max_attempts": max_attempts, "parent_id": None,
+        "retry_policy": None if policy is None else dumps(policy, "the retry policy"),
+        "app_version": app_version,
+        "trace_context": None,
+    }
+
+
+def start_child(ctx: WorkflowContext, name: str, params: dict[str, Any]) -> str:
+    """Start a child workflow as a checkpointed step of the current run; its id
+    defaults to ``<parent_id>:<step_id>`` so a replay never starts another."""
+    step_id = ctx.take_step()
+    step_name = f"start:{name}"
+    rec = ctx.lookup(step_id, step_name)
+    if rec is not None:
+        return str((rec.get("output") or {})["child_id"])
+    params = dict(params, parent_id=ctx.workflow_id, run_id=ctx.run_id, step_id=step_id,
+                  step_name=step_name)
+    if params.get("workflow_id") is None:
+        params["workflow_id"] = f"{ctx.workflow_id}:{step_id}"
+    row = ctx.call(_queries.START_CHILD, params)
+    assert row is not None
+    return str(row["workflow_id"])
+
+
