@@ -147,8 +147,8 @@ def main(argv: list[str]) -> int:
         return 0
     if argv[:1] == ["order"] and len(argv) == 2:
         order_id = int(argv[1])
-        handle = app.start(checkout, order_id, "book", 1, 1999,
-                           workflow_id=f"order-{order_id}")
+        handle = app.start(checkout.with_options(workflow_id=f"order-{order_id}"),
+                           order_id, "book", 1, 1999)
         print(f"started {handle.workflow_id}; waiting (is a worker running?)")
         print(handle.result(timeout=REVIEW_DELAY + 60))
         return 0

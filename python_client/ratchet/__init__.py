@@ -17,7 +17,7 @@ steps never run again::
         ratchet.sleep(60)          # durable: survives restarts, holds no worker
         return receipt
 
-    handle = app.start(checkout, 42, workflow_id="order-42")
+    handle = app.start(checkout.with_options(workflow_id="order-42"), 42)
     print(handle.result(timeout=30))
 
 This package only calls the extension's SQL functions around your code; all
@@ -61,13 +61,14 @@ from ._records import (
 from ._steps import Step, Transaction
 from ._waits import get_event, recv, set_event, sleep
 from ._worker import Worker
-from ._workflows import Workflow
+from ._workflows import BoundWorkflow, StartOptions, Workflow
 
 __version__ = "0.2.0"
 
 __all__ = [
     "App",
     "AsyncNotSupported",
+    "BoundWorkflow",
     "DuplicateDedupKey",
     "ExecutionInfo",
     "InvalidArgument",
@@ -78,6 +79,7 @@ __all__ = [
     "RatchetError",
     "SerializationError",
     "StaleRun",
+    "StartOptions",
     "Step",
     "QueueMetrics",
     "StepError",

@@ -39,7 +39,17 @@ from ._runs import heartbeat_loop, nested_run, run_directly
 from ._steps import Step, Transaction
 from ._waits import get_event as get_event_in_workflow
 from ._waits import read_event
-from ._workflows import Seconds, Workflow, default_name, start_child, start_params, to_seconds
+from ._workflows import (
+    START_OPTION_NAMES,
+    BoundWorkflow,
+    Seconds,
+    StartOptions,
+    Workflow,
+    default_name,
+    start_child,
+    start_params,
+    to_seconds,
+)
 
 if TYPE_CHECKING:
     from ._worker import Worker
@@ -337,80 +347,43 @@ class App:
     # -- starting ------------------------------------------------------------
 
     @overload
-    def start(self, fn: Workflow[P, R], /, *args: P.args,
+    def start(self, fn: Workflow[P, R] | BoundWorkflow[P, R], /, *args: P.args,
               **kwargs: P.kwargs) -> WorkflowHandle[R]: ...
-
-    @overload
-    def start(self, fn: Workflow[..., R], /, *args: Any, workflow_id: str | None,
-              queue: str | None = None, priority: int = 0, dedup_key: str | None = None,
-              start_at: datetime | None = None, delay: Seconds | None = None,
-              timeout: Seconds | None = None, max_attempts: int | None = None,
-              **kwargs: Any) -> WorkflowHandle[R]: ...
-
-    @overload
-    def start(self, fn: Workflow[..., R], /, *args: Any, queue: str | None,
-              priority: int = 0, dedup_key: str | None = None,
-              start_at: datetime | None = None, delay: Seconds | None = None,
-              timeout: Seconds | None = None, max_attempts: int | None = None,
-              **kwargs: Any) -> WorkflowHandle[R]: ...
-
-    @overload
-    def start(self, fn: Workflow[..., R], /, *args: Any, priority: int,
-              dedup_key: str | None = None, start_at: datetime | None = None,
-              delay: Seconds | None = None, timeout: Seconds | None = None,
-              max_attempts: int | None = None, **kwargs: Any) -> WorkflowHandle[R]: ...
-
-    @overload
-    def start(self, fn: Workflow[..., R], /, *args: Any, dedup_key: str | None,
-              start_at: datetime | None = None, delay: Seconds | None = None,
-              timeout: Seconds | None = None, max_attempts: int | None = None,
-              **kwargs: Any) -> WorkflowHandle[R]: ...
-
-    @overload
-    def start(self, fn: Workflow[..., R], /, *args: Any, start_at: datetime | None,
-              timeout: Seconds | None = None, max_attempts: int | None = None,
-              **kwargs: Any) -> WorkflowHandle[R]: ...
-
-    @overload
-    def start(self, fn: Workflow[..., R], /, *args: Any, delay: Seconds | None,
-              timeout: Seconds | None = None, max_attempts: int | None = None,
-              **kwargs: Any) -> WorkflowHandle[R]: ...
-
-    @overload
-    def start(self, fn: Workflow[..., R], /, *args: Any, timeout: Seconds | None,
-              max_attempts: int | None = None, **kwargs: Any) -> WorkflowHandle[R]: ...
-
-    @overload
-    def start(self, fn: Workflow[..., R], /, *args: Any, max_attempts: int | None,
-              **kwargs: Any) -> WorkflowHandle[R]: ...
 
     @overload
     def start(self, fn: str, /, *args: Any, **kwargs: Any) -> WorkflowHandle[Any]: ...
 
-    def start(self, fn: Workflow[..., Any] | str, /, *args: Any,
+    def start(self, fn: Workflow[..., Any] | BoundWorkflow[..., Any] | str, /, *args: Any,
               **kwargs: Any) -> WorkflowHandle[Any]:
         """Start a workflow and return a handle to it.
 
         ``fn`` is a registered workflow (arguments are checked against its
-        signature) or a workflow name (to start one whose code lives
-        elsewhere). Options, given as keywords: ``workflow_id`` (the idempotency
-        key: starting an existing id returns that workflow), ``queue``,
-        ``priority`` (lower runs first), ``dedup_key`` (at most one active
-        workflow per key and queue, else :class:`DuplicateDedupKey`),
-        ``start_at`` (a datetime) or ``delay`` (seconds, measured on the database
-        clock), ``timeout`` (seconds until it is cancelled), ``max_attempts``.
-        Every other argument is the workflow's input and must be
-        JSON-serializable (else :class:`SerializationError`, raised here).
+        signature, statically and here), the same with start options,
+        ``wf.with_options(queue="q", priority=5)`` (see :class:`StartOptions`:
+        ``workflow_id``, ``queue``, ``priority``, ``dedup_key``, ``start_at``,
+        ``delay``, ``timeout``, ``max_attempts``), or a workflow name (to start
+        one whose code lives elsewhere). The arguments are the workflow's
+        input and must be JSON-serializable (else :class:`SerializationError`,
+        raised here).
+
+        For compatibility the options may also be given as keywords,
+        ``app.start(wf, 42, workflow_id="order-42")`` (the form for a
+        workflow name); type checkers flag that form for a workflow: prefer
+        ``with_options``, where every keyword is the workflow's.
 
         Inside a workflow this is a checkpointed step: the child's id defaults to
         ``<parent_id>:<step_id>``, so a replay never starts it twice.
         """
-        options = {k: kwargs.pop(k) for k in _START_OPTIONS if k in kwargs}
-        return WorkflowHandle(self, self._start(fn, args, kwargs, **options))
+        options = None
+        if not isinstance(fn, BoundWorkflow):
+            given = {k: kwargs.pop(k) for k in START_OPTION_NAMES if k in kwargs}
+            options = StartOptions(**given) if given else None
+        return WorkflowHandle(self, self._start(fn, args, kwargs, options))
 
-    def _start(self, fn: Workflow[..., Any] | str, args: Sequence[Any], kwargs: dict[str, Any],
-               **options: Any) -> str:
-        params = start_params(fn, args, kwargs, app_version=self.app_version, **options)
+    def _start(self, fn: Workflow[..., Any] | BoundWorkflow[..., Any] | str,
+               args: Sequence[Any], kwargs: dict[str, Any],
+               options: StartOptions | None = None) -> str:
+        params = start_params(fn, args, kwargs, options, app_version=self.app_version)
         workflow_id = params["workflow_id"]
         name = params["name"]
         ctx = active_workflow()
@@ -434,8 +407,8 @@ class App:
         assert row is not None
         return str(row["workflow_id"])
 
-    def _call_directly(self, wf: Workflow[..., Any], args: tuple[Any, ...],
-                       kwargs: dict[str, Any]) -> Any:
+    def _call_directly(self, wf: Workflow[..., Any] | BoundWorkflow[..., Any],
+                       args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         ctx = active_workflow()
         if ctx is not None:
             child_id = self._start(wf, args, kwargs)
@@ -690,6 +663,3 @@ class App:
                       maintenance_interval=maintenance_interval,
                       maintenance_batch=maintenance_batch, batch_finishes=batch_finishes)
 
-
-_START_OPTIONS = ("workflow_id", "queue", "priority", "dedup_key", "start_at", "delay",
-                  "timeout", "max_attempts")

@@ -1,16 +1,22 @@
-"""Workflows: the registered function, its arguments, and what starting it sends.
+"""Workflows: the registered function, its start options, its arguments, and
+what starting it sends.
 
-:func:`start_params` builds the parameters of ``ratchet.start`` from a
-workflow (or a name), its arguments and the start options, without I/O; the
-app sends them (:data:`ratchet._queries.START`), or :func:`start_child` does
-inside a workflow, as a checkpointed step.
+``wf.with_options(queue="q")`` binds :class:`StartOptions` to a workflow,
+keeping its signature, so ``app.start(wf.with_options(...), *args)`` is
+type-checked like ``app.start(wf, *args)``. :func:`start_params` builds the
+parameters of ``ratchet.start`` from a workflow (or a name), its arguments
+and the options, without I/O; the app sends them
+(:data:`ratchet._queries.START`), or :func:`start_child` does inside a
+workflow, as a checkpointed step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
@@ -67,7 +73,79 @@ def bind_arguments(signature: inspect.Signature | None, name: str, args: Sequenc
             f"(it takes {name}{plain})") from None
 
 
-class Workflow(Generic[P, R]):
+@dataclass(frozen=True)
+class StartOptions:
+    """How to start a workflow; the defaults leave each choice to the workflow's
+    registration (``@app.workflow(queue=..., timeout=..., max_attempts=...)``)
+    or the database.
+
+    ``workflow_id``: the idempotency key (starting an existing id returns that
+    workflow; default: a new UUID, or ``<parent_id>:<step_id>`` for a child).
+    ``queue``; ``priority`` (lower runs first); ``dedup_key`` (at most one
+    active workflow per key and queue, else :class:`DuplicateDedupKey`);
+    ``start_at`` (a datetime) or ``delay`` (seconds or a timedelta, on the
+    database clock); ``timeout`` (seconds until it is cancelled);
+    ``max_attempts``. Bind them with :meth:`Workflow.with_options`.
+    """
+
+    workflow_id: str | None = None
+    queue: str | None = None
+    priority: int = 0
+    dedup_key: str | None = None
+    start_at: datetime | None = None
+    delay: Seconds | None = None
+    timeout: Seconds | None = None
+    max_attempts: int | None = None
+
+    def __post_init__(self) -> None:
+        # a wrong type fails here, where the options are written
+        to_seconds(self.delay, "delay")
+        to_seconds(self.timeout, "timeout")
+
+
+#: the keyword arguments of :meth:`App.start` that are start options (the
+#: untyped form kept for compatibility; :meth:`Workflow.with_options` is typed)
+START_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(StartOptions))
+
+
+class _Unchanged:
+    def __repr__(self) -> str:
+        return "<unchanged>"
+
+
+#: a with_options() keyword that was not given
+_UNCHANGED: Any = _Unchanged()
+
+
+class _Startable(Generic[P, R]):
+    """What a workflow and a workflow with options have in common."""
+
+    def _bound(self) -> tuple[Workflow[P, R], StartOptions]:
+        raise NotImplementedError
+
+    def with_options(self, options: StartOptions | None = None, /, *,
+                     workflow_id: str | None = _UNCHANGED, queue: str | None = _UNCHANGED,
+                     priority: int = _UNCHANGED, dedup_key: str | None = _UNCHANGED,
+                     start_at: datetime | None = _UNCHANGED, delay: Seconds | None = _UNCHANGED,
+                     timeout: Seconds | None = _UNCHANGED,
+                     max_attempts: int | None = _UNCHANGED) -> BoundWorkflow[P, R]:
+        """This workflow with start options (see :class:`StartOptions`), for
+        ``app.start(wf.with_options(queue="q"), *args, **kwargs)``: the
+        arguments are type-checked against the workflow's signature, and every
+        keyword argument is the workflow's. ``options`` replaces the options
+        bound so far; the keywords given then override single fields. Calling
+        the result runs it like calling the workflow, with these options."""
+        workflow, base = self._bound()
+        given: dict[str, Any] = {"workflow_id": workflow_id, "queue": queue,
+                                 "priority": priority, "dedup_key": dedup_key,
+                                 "start_at": start_at, "delay": delay, "timeout": timeout,
+                                 "max_attempts": max_attempts}
+        changed = {k: v for k, v in given.items() if v is not _UNCHANGED}
+        return BoundWorkflow(workflow, dataclasses.replace(
+            base if options is None else options, **changed))
+
+
+class Workflow(_Startable[P, R]):
     """A function registered with :meth:`App.workflow`.
 
     Start it with :meth:`App.start` (from anywhere; a worker runs it), or call
@@ -103,20 +181,44 @@ class Workflow(Generic[P, R]):
         to the workflow function's signature (as a call would)."""
         bind_arguments(self._signature, self.name, args, kwargs)
 
+    def _bound(self) -> tuple[Workflow[P, R], StartOptions]:
+        return self, StartOptions()
+
     def __repr__(self) -> str:
         return f"<ratchet.Workflow {self.name!r} queue={self.queue!r}>"
 
 
-def start_params(fn: Workflow[..., Any] | str, args: Sequence[Any], kwargs: dict[str, Any],
-                 *, app_version: str | None, workflow_id: str | None = None,
-                 queue: str | None = None, priority: int = 0, dedup_key: str | None = None,
-                 start_at: datetime | None = None, delay: Seconds | None = None,
-                 timeout: Seconds | None = None,
-                 max_attempts: int | None = None) -> dict[str, Any]:
+class BoundWorkflow(_Startable[P, R]):
+    """A workflow with :class:`StartOptions` (from :meth:`Workflow.with_options`):
+    give it to :meth:`App.start`, or call it like the workflow."""
+
+    def __init__(self, workflow: Workflow[P, R], options: StartOptions) -> None:
+        self.workflow = workflow
+        self.options = options
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return cast(R, self.workflow.app._call_directly(self, args, kwargs))
+
+    def _bound(self) -> tuple[Workflow[P, R], StartOptions]:
+        return self.workflow, self.options
+
+    def __repr__(self) -> str:
+        return f"<ratchet.BoundWorkflow {self.workflow.name!r} {self.options}>"
+
+
+def start_params(fn: Workflow[..., Any] | BoundWorkflow[..., Any] | str, args: Sequence[Any],
+                 kwargs: dict[str, Any], options: StartOptions | None = None, *,
+                 app_version: str | None) -> dict[str, Any]:
     """The parameters of :data:`ratchet._queries.START` for starting ``fn`` (a
-    workflow, whose arguments are checked and whose defaults apply, or a
+    workflow, whose arguments are checked and whose registration defaults
+    apply; a workflow with options, which then override ``options``; or a
     name) with ``args`` and ``kwargs``: validated and JSON-encoded, no I/O.
     ``workflow_id`` stays None when not given (the caller picks one)."""
+    if isinstance(fn, BoundWorkflow):
+        options = fn.options
+        fn = fn.workflow
+    opts = StartOptions() if options is None else options
+    queue, max_attempts, timeout = opts.queue, opts.max_attempts, opts.timeout
     policy = None
     if isinstance(fn, Workflow):
         fn.check_arguments(args, kwargs)
@@ -133,8 +235,9 @@ def start_params(fn: Workflow[..., Any] | str, args: Sequence[Any], kwargs: dict
                         f"workflow name, not {fn!r}")
     return {
         "name": name, "input": encode_input(args, kwargs, f"the input of workflow {name!r}"),
-        "workflow_id": workflow_id, "queue": queue or "default", "priority": priority,
-        "dedup_key": dedup_key, "start_at": start_at, "delay": to_seconds(delay, "delay"),
+        "workflow_id": opts.workflow_id, "queue": queue or "default", "priority": opts.priority,
+        "dedup_key": opts.dedup_key, "start_at": opts.start_at,
+        "delay": to_seconds(opts.delay, "delay"),
         "timeout": timeout_s, "max_attempts": max_attempts, "parent_id": None,
         "retry_policy": None if policy is None else dumps(policy, "the retry policy"),
         "app_version": app_version,

@@ -319,10 +319,13 @@ def _start_input(value: Any) -> tuple[list[Any], dict[str, Any]]:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
+    from ._workflows import StartOptions
+
     posargs, kwargs = _start_input(args.input)
     with _app(args) as app:
-        workflow_id = app._start(args.name, posargs, kwargs, workflow_id=args.id,
-                                 queue=args.queue, priority=args.priority, delay=args.delay)
+        options = StartOptions(workflow_id=args.id, queue=args.queue,
+                               priority=args.priority, delay=args.delay)
+        workflow_id = app._start(args.name, posargs, kwargs, options)
         if not args.wait:
             _emit(args, {"workflow_id": workflow_id}, workflow_id)
             return EXIT_OK

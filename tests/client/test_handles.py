@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -29,7 +30,7 @@ def test_start_options_are_stored(app, conn):
     def flow() -> None:
         return None
 
-    h = app.start(flow, priority=5, timeout=60, delay=timedelta(minutes=10))
+    h = app.start(flow.with_options(priority=5, timeout=60, delay=timedelta(minutes=10)))
     wf = h.info()
     assert wf["queue"] == "slow" and wf["priority"] == 5 and wf["max_attempts"] == 3
     assert wf["status"] == "enqueued"
@@ -37,9 +38,52 @@ def test_start_options_are_stored(app, conn):
                        "deadline - created_at as timeout from ratchet.workflows").fetchone()
     assert row["later"] and row["timeout"] == timedelta(seconds=60)
 
+    # the keyword form (untyped, kept for compatibility) stores the same
     at = datetime(2031, 1, 1, tzinfo=timezone.utc)
     h2 = app.start(flow, start_at=at, queue="default")
     assert h2.info()["start_at"] == at and h2.info()["queue"] == "default"
+
+
+def test_with_options_binds_chains_and_leaves_keywords_to_the_workflow(app, conn):
+    @app.workflow()
+    def flow(x: int, queue: str = "") -> str:
+        return f"{x}{queue}"
+
+    options = ratchet.StartOptions(workflow_id="opt-1", priority=3)
+    bound = flow.with_options(options).with_options(dedup_key="d")
+    assert bound.options == ratchet.StartOptions(workflow_id="opt-1", priority=3, dedup_key="d")
+    assert flow.with_options(priority=1).with_options(options).options == options
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.priority = 9  # type: ignore[misc]
+    with pytest.raises(TypeError, match="delay must be a number of seconds"):
+        flow.with_options(delay="soon")  # type: ignore[arg-type]
+    # every keyword is the workflow's, even one named like an option
+    h = app.start(bound, 1, queue="q")
+    assert h.workflow_id == "opt-1"
+    wf = h.info()
+    assert (wf["queue"], wf["priority"], wf["dedup_key"]) == ("default", 3, "d")
+    assert wf["input"] == {"args": [1], "kwargs": {"queue": "q"}}
+    with pytest.raises(ratchet.WorkflowArgumentError, match="priority"):
+        app.start(flow.with_options(queue="default"), 1, priority=5)  # type: ignore[call-arg]
+    # calling a bound workflow runs it directly, with its options
+    assert flow.with_options(workflow_id="direct-1")(2, "z") == "2z"
+    assert app.retrieve("direct-1").info()["status"] == "succeeded"
+
+
+def test_a_child_started_with_options(app, conn, run_worker):
+    @app.workflow()
+    def child(n: int) -> int:
+        return n * 2
+
+    @app.workflow()
+    def parent() -> int:
+        return app.start(child.with_options(workflow_id="kid", priority=7), 21).result()
+
+    h = app.start(parent)
+    run_worker()
+    assert h.result(timeout=15) == 42
+    kid = app.retrieve("kid").info()
+    assert kid["parent_id"] == h.workflow_id and kid["priority"] == 7
 
 
 def test_dedup_key_conflict(app):
