@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 
+from . import aio
 from ._app import App
 from ._context import step_idempotency_key, workflow_id
 from ._errors import (
@@ -62,11 +63,13 @@ from ._steps import Step, Transaction
 from ._waits import get_event, recv, set_event, sleep
 from ._worker import Worker
 from ._workflows import BoundWorkflow, StartOptions, Workflow
+from .aio import AsyncApp
 
 __version__ = "0.2.0"
 
 __all__ = [
     "App",
+    "AsyncApp",
     "AsyncNotSupported",
     "BoundWorkflow",
     "DuplicateDedupKey",
@@ -97,6 +100,7 @@ __all__ = [
     "WorkflowNotFound",
     "WorkflowStatus",
     "__version__",
+    "aio",
     "deprecate_patch",
     "get_event",
     "install",

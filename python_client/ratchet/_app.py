@@ -278,9 +278,10 @@ class App:
             wf_name = name or default_name(func)
             if wf_name in self._workflows:
                 raise ValueError(f"a workflow named {wf_name!r} is already registered")
-            wf = Workflow(self, func, name=wf_name, queue=queue, max_attempts=max_attempts,
-                          timeout=timeout_s, retries=retries, retry_interval=retry_interval,
-                          retry_backoff=retry_backoff, retry_max_delay=retry_max_delay)
+            wf: Workflow[P, R] = Workflow(
+                self, func, name=wf_name, queue=queue, max_attempts=max_attempts,
+                timeout=timeout_s, retries=retries, retry_interval=retry_interval,
+                retry_backoff=retry_backoff, retry_max_delay=retry_max_delay)
             self._workflows[wf_name] = wf
             return wf
 
@@ -391,7 +392,7 @@ class App:
             if self._tracing is not None:
                 carrier = self._tracing.carrier()
                 params["trace_context"] = None if carrier is None else dumps(carrier, "trace")
-            return start_child(ctx, name, params)
+            return start_child(ctx, params)
         # The id is chosen here, not by the server, so that a start whose reply
         # was lost with its connection can be sent again: the id is the
         # idempotency key, and the second call returns the first workflow.

@@ -16,13 +16,14 @@ import threading
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import psycopg
 from psycopg.rows import DictRow
 
 from . import _queries
 from ._errors import (
+    AsyncNotSupported,
     NonDeterminismError,
     _ControlFlow,
     _RunAborted,
@@ -60,11 +61,16 @@ class StepContext:
     attempt: int
 
 
-@dataclass
-class WorkflowContext:
-    """One run of one workflow."""
+_Run = TypeVar("_Run", bound="RunContext")
 
-    app: App
+
+@dataclass
+class RunContext:
+    """One run of one workflow: what the sync and async clients share (step
+    numbering, replay, ending the run; no I/O). :class:`WorkflowContext` adds
+    the synchronous calls, ``ratchet.aio``'s context the awaitable ones."""
+
+    app: Any
     workflow_id: str
     run_id: int
     name: str
@@ -79,8 +85,9 @@ class WorkflowContext:
     ended: _ControlFlow | None = None
     #: a non-determinism error: fails the run even if user code caught it
     fatal: NonDeterminismError | None = None
-    #: set to interrupt in-process waits (the run was released or lost)
-    stop: threading.Event = field(default_factory=threading.Event)
+    #: set to interrupt in-process waits (the run was released or lost): a
+    #: threading.Event, or an asyncio.Event in the async client
+    stop: Any = None
     #: what ratchet.patched() decided for each change id in this run
     patches: dict[str, bool] = field(default_factory=dict)
     #: the worker's finish batcher (ratchet._batch), None: finish alone
@@ -89,8 +96,8 @@ class WorkflowContext:
     lease_until: float = 0.0
 
     @classmethod
-    def from_claim(cls, app: App, row: dict[str, Any], worker_id: str,
-                   lease: float) -> WorkflowContext:
+    def from_claim(cls: type[_Run], app: Any, row: dict[str, Any], worker_id: str,
+                   lease: float) -> _Run:
         """A context for a row returned by ``claim``/``claim_workflow``.
 
         ``input`` and ``steps`` may be JSON text (what the worker's claim
@@ -147,22 +154,6 @@ class WorkflowContext:
         self.stop.set()
         return self.ended
 
-    def pause(self, seconds: float) -> None:
-        """Sleep in-process, waking early if the run is stopped."""
-        if seconds > 0:
-            self.stop.wait(seconds)
-        self.check()
-
-    def suspend(self, until: Any, wait_for: str | None = None,
-                wait_key: str | None = None) -> NoReturn:
-        """Release the workflow until ``until`` (or an earlier wake-up) and end
-        this run: the database holds it as enqueued with its wake-up time."""
-        self.call(_queries.SUSPEND, (self.workflow_id, self.run_id, until, wait_for, wait_key))
-        logger.info("ratchet: workflow %s suspended until %s (wait_for=%s)",
-                    self.workflow_id, until, wait_for,
-                    extra={"workflow_id": self.workflow_id})
-        raise self.abort(_Suspended(f"suspended until {until}"))
-
     # -- talking to the database ------------------------------------------------
 
     def run_error(self, exc: psycopg.Error) -> BaseException:
@@ -195,6 +186,34 @@ class WorkflowContext:
         return self.abort(_RunAborted(f"database error ({type(exc).__name__}): {exc}",
                                       release=True, cause=exc))
 
+    def log_extra(self, step_id: int | None = None) -> dict[str, Any]:
+        """``extra=`` fields for log records about this run."""
+        return {"workflow_id": self.workflow_id, "run_id": self.run_id, "step_id": step_id}
+
+
+@dataclass
+class WorkflowContext(RunContext):
+    """One run of one workflow in the synchronous client."""
+
+    app: App
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def pause(self, seconds: float) -> None:
+        """Sleep in-process, waking early if the run is stopped."""
+        if seconds > 0:
+            self.stop.wait(seconds)
+        self.check()
+
+    def suspend(self, until: Any, wait_for: str | None = None,
+                wait_key: str | None = None) -> NoReturn:
+        """Release the workflow until ``until`` (or an earlier wake-up) and end
+        this run: the database holds it as enqueued with its wake-up time."""
+        self.call(_queries.SUSPEND, (self.workflow_id, self.run_id, until, wait_for, wait_key))
+        logger.info("ratchet: workflow %s suspended until %s (wait_for=%s)",
+                    self.workflow_id, until, wait_for,
+                    extra={"workflow_id": self.workflow_id})
+        raise self.abort(_Suspended(f"suspended until {until}"))
+
     def call(self, query: str, params: Any,
              conn: psycopg.Connection[Any] | None = None) -> DictRow | None:
         """Run one statement for this run (on ``conn`` or a pooled connection) and
@@ -208,22 +227,34 @@ class WorkflowContext:
         except psycopg.Error as exc:
             raise self.run_error(exc) from exc
 
-    def log_extra(self, step_id: int | None = None) -> dict[str, Any]:
-        """``extra=`` fields for log records about this run."""
-        return {"workflow_id": self.workflow_id, "run_id": self.run_id, "step_id": step_id}
-
-
-current_workflow: ContextVar[WorkflowContext | None] = ContextVar(
+current_workflow: ContextVar[RunContext | None] = ContextVar(
     "ratchet_workflow", default=None)
 current_step: ContextVar[StepContext | None] = ContextVar("ratchet_step", default=None)
 
 
-def active_workflow() -> WorkflowContext | None:
-    """The run whose code is executing in this context, unless we are inside a
-    step (code inside a step is plain code: nothing in it is checkpointed)."""
+def active_run() -> RunContext | None:
+    """The run whose code is executing in this context (sync or async), unless
+    we are inside a step (code inside a step is plain code: nothing in it is
+    checkpointed)."""
     if current_step.get() is not None:
         return None
     return current_workflow.get()
+
+
+def active_workflow() -> WorkflowContext | None:
+    """The synchronous run whose code is executing in this context (see
+    :func:`active_run`). Inside an ``async def`` workflow of
+    :class:`ratchet.aio.AsyncApp` a synchronous wait or step would block the
+    event loop and bypass its run: :class:`AsyncNotSupported` names the
+    awaitable form instead."""
+    ctx = active_run()
+    if ctx is None or isinstance(ctx, WorkflowContext):
+        return ctx
+    raise AsyncNotSupported(
+        f"workflow {ctx.workflow_id!r} ({ctx.name}) is an async workflow: call the "
+        "awaitable API inside it. Hint: `await ratchet.aio.sleep(...)`, "
+        "`await ratchet.aio.recv(...)`, steps registered with AsyncApp.step, "
+        "`await app.start(...)`")
 
 
 def require_workflow(what: str) -> WorkflowContext:

@@ -47,10 +47,12 @@ def _available() -> bool:
     return True
 
 
-def tracing_for(setting: Any, db: Database) -> Tracing | None:
+def tracing_for(setting: Any, db: Database | None) -> Tracing | None:
     """The app's tracing, or None. ``setting`` None: on when the API is
     installed and a real (SDK) tracer provider is set; True: on (with the
-    global provider); a ``TracerProvider``: on, with that provider."""
+    global provider); a ``TracerProvider``: on, with that provider. ``db``
+    reads a run's stored trace context (None: the caller reads it, as the
+    async client does)."""
     if setting is False:
         return None
     if not _available():
@@ -70,7 +72,7 @@ def tracing_for(setting: Any, db: Database) -> Tracing | None:
 class Tracing:
     """Spans for starts, runs and steps (see the module docstring)."""
 
-    def __init__(self, db: Database, provider: Any = None) -> None:
+    def __init__(self, db: Database | None, provider: Any = None) -> None:
         from opentelemetry import trace
 
         from . import __version__
@@ -104,6 +106,15 @@ class Tracing:
 
     def middleware(self, info: ExecutionInfo, call_next: Callable[[], Any]) -> Any:
         """The run and step spans (added to the app's middleware, outermost)."""
+        parent = self._stored_context(info.workflow_id) if info.kind == "workflow" else None
+        with self.span(info, parent):
+            return call_next()
+
+    @contextlib.contextmanager
+    def span(self, info: ExecutionInfo, parent: Any) -> Iterator[Any]:
+        """The span of one run (``parent``: the context stored at start, see
+        :func:`stored_context`) or one step; its outcome is set from how the
+        block ends. The sync middleware and the async client share it."""
         from opentelemetry.trace import SpanKind, Status, StatusCode
 
         attributes: dict[str, Any] = {"ratchet.workflow_id": info.workflow_id,
@@ -111,7 +122,6 @@ class Tracing:
                                       "ratchet.attempt": info.attempt}
         if info.kind == "workflow":
             attributes["ratchet.workflow_name"] = info.name
-            parent = self._stored_context(info.workflow_id)
             kind = SpanKind.CONSUMER
         else:
             attributes["ratchet.step_name"] = info.name
@@ -123,7 +133,7 @@ class Tracing:
                 attributes=attributes, record_exception=False,
                 set_status_on_exception=False) as span:
             try:
-                result = call_next()
+                yield span
             except _Suspended:
                 span.set_attribute("ratchet.outcome", "suspended")
                 raise
@@ -139,18 +149,24 @@ class Tracing:
                 span.set_status(Status(StatusCode.ERROR, f"{kind_name}: {exc}"))
                 raise
             span.set_attribute("ratchet.outcome", "ok")
-            return result
 
     def _stored_context(self, workflow_id: str) -> Any:
-        from opentelemetry.propagate import extract
-
         from . import _queries
 
+        if self._db is None:
+            return None
         try:
             row = self._db.fetchone(_queries.TRACE_CONTEXT, (workflow_id,))
         except Exception:  # tracing never fails a run
             logger.warning("workflow %s: could not read its trace context", workflow_id,
                            exc_info=True)
             return None
-        value = row["trace_context"] if row else None
-        return extract(value) if isinstance(value, dict) and value else None
+        return stored_context(row["trace_context"] if row else None)
+
+
+def stored_context(value: Any) -> Any:
+    """The OpenTelemetry context of a stored W3C carrier (a workflow's
+    ``trace_context``), or None."""
+    from opentelemetry.propagate import extract
+
+    return extract(value) if isinstance(value, dict) and value else None

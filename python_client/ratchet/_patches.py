@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from . import _queries
-from ._context import active_workflow
+from ._context import active_run, active_workflow
 
 PATCH_PREFIX = "patch:"
 
@@ -81,7 +81,7 @@ def deprecate_patch(change_id: str) -> None:
     the call once those runs have ended too."""
     if not change_id:
         raise ValueError("deprecate_patch() needs a non-empty change id")
-    ctx = active_workflow()
+    ctx = active_run()  # no I/O: sync and async workflows alike
     if ctx is None:
         return
     ctx.check()

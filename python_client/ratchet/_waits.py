@@ -99,17 +99,27 @@ def recv(topic: str | None = None, timeout: float = 60.0) -> Any:
             ctx.check()
 
 
+def next_wait(app: Any, started: float, remaining: float | None) -> float | None:
+    """How long to wait in-process before checking again (a wait begun at
+    ``started``, monotonic, with ``remaining`` seconds to its deadline, None:
+    none), or None once it has waited ``suspend_threshold`` with more than
+    that left: then the run suspends. No I/O; the async client shares it."""
+    waited = time.monotonic() - started
+    if remaining is None or remaining > app.suspend_threshold:
+        if waited >= app.suspend_threshold:
+            return None
+        return float(min(app.poll_interval, app.suspend_threshold - waited))
+    return float(min(app.poll_interval, remaining))
+
+
 def wait_slice(ctx: WorkflowContext, started: float, remaining: float | None,
                 wake_at: Any, wait_for: str, wait_key: str | None) -> float:
     """How long to wait in-process before checking again; suspends the run
     instead once it has waited ``suspend_threshold`` with more than that left."""
-    app = ctx.app
-    waited = time.monotonic() - started
-    if remaining is None or remaining > app.suspend_threshold:
-        if waited >= app.suspend_threshold:
-            ctx.suspend(wake_at if wake_at is not None else "infinity", wait_for, wait_key)
-        return min(app.poll_interval, app.suspend_threshold - waited)
-    return min(app.poll_interval, remaining)
+    slice_ = next_wait(ctx.app, started, remaining)
+    if slice_ is None:
+        ctx.suspend(wake_at if wake_at is not None else "infinity", wait_for, wait_key)
+    return slice_
 
 
 def set_event(key: str, value: Any) -> None:

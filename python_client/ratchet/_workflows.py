@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
 from . import _queries
-from ._context import WorkflowContext
+from ._context import RunContext, WorkflowContext
 from ._errors import WorkflowArgumentError
 from ._json import dumps, encode_input
 from ._steps import retry_policy
@@ -120,7 +120,7 @@ _UNCHANGED: Any = _Unchanged()
 class _Startable(Generic[P, R]):
     """What a workflow and a workflow with options have in common."""
 
-    def _bound(self) -> tuple[Workflow[P, R], StartOptions]:
+    def _bound(self) -> tuple[WorkflowDefinition[P, R], StartOptions]:
         raise NotImplementedError
 
     def with_options(self, options: StartOptions | None = None, /, *,
@@ -145,16 +145,12 @@ class _Startable(Generic[P, R]):
             base if options is None else options, **changed))
 
 
-class Workflow(_Startable[P, R]):
-    """A function registered with :meth:`App.workflow`.
+class WorkflowDefinition(_Startable[P, R]):
+    """A registered workflow function with its registration options: what the
+    sync :class:`Workflow` and the async ``ratchet.aio.AsyncWorkflow`` share
+    (starting, argument checks, options); each adds its own way of calling."""
 
-    Start it with :meth:`App.start` (from anywhere; a worker runs it), or call
-    it: outside a workflow the call starts it with a generated id and runs it
-    durably in this process, returning its result; inside a workflow the call
-    starts it as a child workflow (a checkpointed step) and waits for it.
-    """
-
-    def __init__(self, app: App, fn: Callable[P, R], *, name: str, queue: str,
+    def __init__(self, app: Any, fn: Callable[P, Any], *, name: str, queue: str,
                  max_attempts: int | None, timeout: float | None, retries: int,
                  retry_interval: float, retry_backoff: float, retry_max_delay: float) -> None:
         self.app = app
@@ -171,42 +167,56 @@ class Workflow(_Startable[P, R]):
             self._signature: inspect.Signature | None = inspect.signature(fn)
         except (TypeError, ValueError):  # some builtins have no signature
             self._signature = None
-        functools.update_wrapper(self, fn)
-
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        return cast(R, self.app._call_directly(self, args, kwargs))
+        functools.update_wrapper(cast(Any, self), fn)
 
     def check_arguments(self, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
         """Raise :class:`WorkflowArgumentError` unless ``args`` and ``kwargs`` bind
         to the workflow function's signature (as a call would)."""
         bind_arguments(self._signature, self.name, args, kwargs)
 
-    def _bound(self) -> tuple[Workflow[P, R], StartOptions]:
+    def _bound(self) -> tuple[WorkflowDefinition[P, R], StartOptions]:
         return self, StartOptions()
 
     def __repr__(self) -> str:
-        return f"<ratchet.Workflow {self.name!r} queue={self.queue!r}>"
+        return f"<ratchet.{type(self).__name__} {self.name!r} queue={self.queue!r}>"
+
+
+class Workflow(WorkflowDefinition[P, R]):
+    """A function registered with :meth:`App.workflow`.
+
+    Start it with :meth:`App.start` (from anywhere; a worker runs it), or call
+    it: outside a workflow the call starts it with a generated id and runs it
+    durably in this process, returning its result; inside a workflow the call
+    starts it as a child workflow (a checkpointed step) and waits for it.
+    """
+
+    app: App
+    fn: Callable[P, R]
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return cast(R, self.app._call_directly(self, args, kwargs))
 
 
 class BoundWorkflow(_Startable[P, R]):
     """A workflow with :class:`StartOptions` (from :meth:`Workflow.with_options`):
     give it to :meth:`App.start`, or call it like the workflow."""
 
-    def __init__(self, workflow: Workflow[P, R], options: StartOptions) -> None:
+    def __init__(self, workflow: WorkflowDefinition[P, R], options: StartOptions) -> None:
         self.workflow = workflow
         self.options = options
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return cast(R, self.workflow.app._call_directly(self, args, kwargs))
 
-    def _bound(self) -> tuple[Workflow[P, R], StartOptions]:
+    def _bound(self) -> tuple[WorkflowDefinition[P, R], StartOptions]:
         return self.workflow, self.options
 
     def __repr__(self) -> str:
         return f"<ratchet.BoundWorkflow {self.workflow.name!r} {self.options}>"
 
 
-def start_params(fn: Workflow[..., Any] | BoundWorkflow[..., Any] | str, args: Sequence[Any],
+def start_params(fn: WorkflowDefinition[..., Any] | BoundWorkflow[..., Any] | str,
+                 args: Sequence[Any],
                  kwargs: dict[str, Any], options: StartOptions | None = None, *,
                  app_version: str | None) -> dict[str, Any]:
     """The parameters of :data:`ratchet._queries.START` for starting ``fn`` (a
@@ -220,7 +230,7 @@ def start_params(fn: Workflow[..., Any] | BoundWorkflow[..., Any] | str, args: S
     opts = StartOptions() if options is None else options
     queue, max_attempts, timeout = opts.queue, opts.max_attempts, opts.timeout
     policy = None
-    if isinstance(fn, Workflow):
+    if isinstance(fn, WorkflowDefinition):
         fn.check_arguments(args, kwargs)
         name = fn.name
         policy = fn.retry_policy
@@ -245,20 +255,29 @@ def start_params(fn: Workflow[..., Any] | BoundWorkflow[..., Any] | str, args: S
     }
 
 
-def start_child(ctx: WorkflowContext, name: str, params: dict[str, Any]) -> str:
-    """Start a child workflow as a checkpointed step of the current run; its id
-    defaults to ``<parent_id>:<step_id>`` so a replay never starts another."""
+def child_start(ctx: RunContext, params: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The id of the child this step already started (a replay), or None and
+    the parameters of :data:`ratchet._queries.START_CHILD` for the next step
+    number; the child's id defaults to ``<parent_id>:<step_id>`` so a replay
+    never starts another. Takes the step number; no I/O."""
+    name = params["name"]
     step_id = ctx.take_step()
     step_name = f"start:{name}"
     rec = ctx.lookup(step_id, step_name)
     if rec is not None:
-        return str((rec.get("output") or {})["child_id"])
+        return str((rec.get("output") or {})["child_id"]), params
     params = dict(params, parent_id=ctx.workflow_id, run_id=ctx.run_id, step_id=step_id,
                   step_name=step_name)
     if params.get("workflow_id") is None:
         params["workflow_id"] = f"{ctx.workflow_id}:{step_id}"
+    return None, params
+
+
+def start_child(ctx: WorkflowContext, params: dict[str, Any]) -> str:
+    """Start a child workflow as a checkpointed step of the current run."""
+    found, params = child_start(ctx, params)
+    if found is not None:
+        return found
     row = ctx.call(_queries.START_CHILD, params)
     assert row is not None
     return str(row["workflow_id"])
-
-

@@ -148,7 +148,10 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    import asyncio
+
     from ._app import App
+    from .aio import AsyncApp
 
     level = getattr(logging, args.log_level.upper(), logging.INFO)
     logging.basicConfig(level=level, stream=sys.stderr,
@@ -164,19 +167,33 @@ def cmd_worker(args: argparse.Namespace) -> int:
     obj: Any = module
     for part in (attr or "app").split("."):
         obj = getattr(obj, part, None)
-    if not isinstance(obj, App):
-        raise CliError(f"{args.app!r} is not a ratchet.App (use MODULE:ATTRIBUTE)")
+    if not isinstance(obj, (App, AsyncApp)):
+        raise CliError(f"{args.app!r} is not a ratchet.App or ratchet.AsyncApp "
+                       "(use MODULE:ATTRIBUTE)")
     if args.dsn:
         obj.set_dsn(args.dsn)
     if args.pooled:
         obj.pooled = True
     if args.listen_dsn:
         obj.set_listen_dsn(args.listen_dsn)
+    options: dict[str, Any] = {
+        "concurrency": args.concurrency, "lease": args.lease,
+        "poll_interval": args.poll_interval, "grace_period": args.grace_period,
+        "maintenance_interval": args.maintenance_interval or None}
+    queues = args.queue or ["default"]
+    if isinstance(obj, AsyncApp):
+        async_app = obj
+
+        async def serve() -> None:  # the pool belongs to this one event loop
+            try:
+                await async_app.run_worker(queues, **options)
+            finally:
+                await async_app.close()
+
+        asyncio.run(serve())
+        return 0
     try:
-        obj.run_worker(args.queue or ["default"], concurrency=args.concurrency,
-                       lease=args.lease, poll_interval=args.poll_interval,
-                       grace_period=args.grace_period,
-                       maintenance_interval=args.maintenance_interval or None)
+        obj.run_worker(queues, **options)
     finally:
         obj.close()
     return 0
@@ -743,7 +760,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_install)
 
     p = add("worker", "run a worker for an app")
-    p.add_argument("app", metavar="MODULE:APP", help="where the ratchet.App is, e.g. myapp:app")
+    p.add_argument("app", metavar="MODULE:APP",
+                   help="where the ratchet.App or ratchet.AsyncApp is, e.g. myapp:app")
     p.add_argument("--queue", "-q", action="append", help="queue to serve (repeatable; "
                    "default: default)")
     p.add_argument("--concurrency", "-c", type=int, default=16,

@@ -4,7 +4,8 @@ Each worker that is going to die is told (``CRASH_BLOCK_AT``) to stop at a
 known point and touch a marker file; the test waits for the marker, never for
 a fixed time, kills the worker, starts another, and checks the results by
 counting rows: no completed step runs again, a transaction's effect happens
-exactly once.
+exactly once. Every scenario runs against the sync client (apps/crashapp.py)
+and the async one (apps/crashapp_async.py, the same workflows as ``async def``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,13 @@ from helpers import poll, worker_log
 
 pytestmark = pytest.mark.slow
 
-TARGET = "crashapp:app"
 LEASE = "1.5"
+
+
+@pytest.fixture(params=["crashapp:app", "crashapp_async:app"], ids=["sync", "async"])
+def target(request: pytest.FixtureRequest) -> str:
+    """The worker app: the sync or the async client, the same workflows."""
+    return str(request.param)
 
 
 @pytest.fixture
@@ -69,14 +75,14 @@ def blocking_env(point: str, barrier: Path) -> dict[str, str]:
     return {"CRASH_BLOCK_AT": point, "CRASH_BARRIER_DIR": str(barrier)}
 
 
-def test_kill9_between_steps(setup_db, spawn_worker, barrier):
+def test_kill9_between_steps(setup_db, spawn_worker, barrier, target):
     conn = setup_db
     wid = start(conn, "pipeline", [1], "between-1")
-    a = spawn_worker(TARGET, "--lease", LEASE, env=blocking_env("between", barrier))
+    a = spawn_worker(target, "--lease", LEASE, env=blocking_env("between", barrier))
     poll(lambda: (barrier / "between").exists(), 30, "worker A to reach the barrier")
     kill9(a)
     assert effects(conn) == {"s1": 1, "s2": 1}
-    spawn_worker(TARGET, "--lease", LEASE)
+    spawn_worker(target, "--lease", LEASE)
     result = wait_ended(conn, wid)
     assert result["status"] == "succeeded"
     assert result["output"] == [2, 4, "tx-4", "TX-4"]
@@ -86,13 +92,13 @@ def test_kill9_between_steps(setup_db, spawn_worker, barrier):
     assert runs[0]["run_id"] == runs[1]["run_id"] != runs[2]["run_id"]
 
 
-def test_kill9_inside_a_transactional_step(setup_db, spawn_worker, barrier):
+def test_kill9_inside_a_transactional_step(setup_db, spawn_worker, barrier, target):
     conn = setup_db
     wid = start(conn, "pipeline", [5], "tx-1")
-    a = spawn_worker(TARGET, "--lease", LEASE, env=blocking_env("tx", barrier))
+    a = spawn_worker(target, "--lease", LEASE, env=blocking_env("tx", barrier))
     poll(lambda: (barrier / "tx").exists(), 30, "worker A to be inside the transaction")
     kill9(a)
-    spawn_worker(TARGET, "--lease", LEASE)
+    spawn_worker(target, "--lease", LEASE)
     result = wait_ended(conn, wid)
     assert result["status"] == "succeeded"
     assert result["output"] == [6, 12, "tx-12", "TX-12"]
@@ -100,16 +106,16 @@ def test_kill9_inside_a_transactional_step(setup_db, spawn_worker, barrier):
     assert effects(conn) == {"s1": 1, "s2": 1, "tx": 1, "s3": 1}
 
 
-def test_many_workflows_survive_a_kill9(setup_db, spawn_worker, barrier):
+def test_many_workflows_survive_a_kill9(setup_db, spawn_worker, barrier, target):
     conn = setup_db
     ids = [start(conn, "pipeline", [i], f"many-{i}") for i in range(6)]
-    a = spawn_worker(TARGET, "--lease", LEASE, "--concurrency", "8",
+    a = spawn_worker(target, "--lease", LEASE, "--concurrency", "8",
                      env=blocking_env("tx", barrier))
     poll(lambda: (barrier / "tx").exists(), 30, "worker A to be inside a transaction")
     kill9(a)
     recorded = {(r["workflow_id"], r["name"]) for r in conn.execute(
         "select workflow_id, name from ratchet.steps").fetchall()}
-    spawn_worker(TARGET, "--lease", LEASE, "--concurrency", "8")
+    spawn_worker(target, "--lease", LEASE, "--concurrency", "8")
     for i, wid in enumerate(ids):
         result = wait_ended(conn, wid)
         assert result["status"] == "succeeded"
@@ -123,20 +129,20 @@ def test_many_workflows_survive_a_kill9(setup_db, spawn_worker, barrier):
             assert done[name] == 1 or (wid, name) not in recorded
 
 
-def test_lease_stolen_from_a_stopped_worker(setup_db, spawn_worker, barrier):
+def test_lease_stolen_from_a_stopped_worker(setup_db, spawn_worker, barrier, target):
     """Worker A is frozen (SIGSTOP) inside a transactional step past its lease;
     worker B takes the workflow over and finishes it. When A wakes up, its
     checkpoint is rejected with RT002 and its transaction rolls back."""
     conn = setup_db
     wid = start(conn, "pipeline", [2], "race-1")
-    a = spawn_worker(TARGET, "--lease", "1", env=blocking_env("tx", barrier), name="A")
+    a = spawn_worker(target, "--lease", "1", env=blocking_env("tx", barrier), name="A")
     poll(lambda: (barrier / "tx").exists(), 30, "worker A to be inside the transaction")
     os.kill(a.pid, signal.SIGSTOP)
     try:
         poll(lambda: conn.execute("select 1 from ratchet.workflows where workflow_id = %s "
                                   "and lease_expires_at < ratchet.now()", (wid,)).fetchone(),
              30, "A's lease to expire")
-        spawn_worker(TARGET, "--lease", "5", name="B")
+        spawn_worker(target, "--lease", "5", name="B")
         result = wait_ended(conn, wid)
         assert result["status"] == "succeeded"
     finally:
@@ -151,10 +157,10 @@ def test_lease_stolen_from_a_stopped_worker(setup_db, spawn_worker, barrier):
     assert a.wait(20) == 0
 
 
-def test_sigterm_releases_running_workflows(setup_db, spawn_worker, barrier):
+def test_sigterm_releases_running_workflows(setup_db, spawn_worker, barrier, target):
     conn = setup_db
     wid = start(conn, "pipeline", [3], "term-1")
-    a = spawn_worker(TARGET, "--grace-period", "0.5", env=blocking_env("between", barrier))
+    a = spawn_worker(target, "--grace-period", "0.5", env=blocking_env("between", barrier))
     poll(lambda: (barrier / "between").exists(), 30, "worker A to reach the barrier")
     a.send_signal(signal.SIGTERM)
     assert a.wait(20) == 0
@@ -162,23 +168,23 @@ def test_sigterm_releases_running_workflows(setup_db, spawn_worker, barrier):
                       "where workflow_id = %s", (wid,)).fetchone()
     assert wf["status"] == "enqueued" and wf["run_id"] is None
     t0 = time.monotonic()
-    spawn_worker(TARGET, "--lease", LEASE)
+    spawn_worker(target, "--lease", LEASE)
     result = wait_ended(conn, wid)
     assert result["status"] == "succeeded"
     assert time.monotonic() - t0 < 10  # released: no lease to wait for
     assert effects(conn) == {"s1": 1, "s2": 1, "tx": 1, "s3": 1}
 
 
-def test_kill9_while_waiting_in_recv_delivers_once(setup_db, spawn_worker):
+def test_kill9_while_waiting_in_recv_delivers_once(setup_db, spawn_worker, target):
     conn = setup_db
     wid = start(conn, "waiter", [], "recv-1")
-    a = spawn_worker(TARGET, "--lease", LEASE)
+    a = spawn_worker(target, "--lease", LEASE)
     poll(lambda: conn.execute("select 1 from ratchet.steps where workflow_id = %s "
                               "and name = 'sleep'", (wid,)).fetchone(), 30,
          "the workflow to wait in recv")
     kill9(a)
     conn.execute("select ratchet.send(%s, '\"hello\"', topic => 'go')", (wid,))
-    spawn_worker(TARGET, "--lease", LEASE)
+    spawn_worker(target, "--lease", LEASE)
     result = wait_ended(conn, wid)
     assert result["status"] == "succeeded" and result["output"] == "hello"
     assert effects(conn) == {"received hello": 1}
@@ -187,15 +193,15 @@ def test_kill9_while_waiting_in_recv_delivers_once(setup_db, spawn_worker):
     assert consumed == 1
 
 
-def test_kill9_during_a_sleep_keeps_the_wake_time(setup_db, spawn_worker):
+def test_kill9_during_a_sleep_keeps_the_wake_time(setup_db, spawn_worker, target):
     conn = setup_db
     wid = start(conn, "sleeper", [1.5], "sleep-1")
-    a = spawn_worker(TARGET, "--lease", "1")
+    a = spawn_worker(target, "--lease", "1")
     step = poll(lambda: conn.execute("select output->>'wake_at' as wake_at from ratchet.steps "
                                      "where workflow_id = %s and name = 'sleep'",
                                      (wid,)).fetchone(), 30, "the sleep to start")
     kill9(a)
-    spawn_worker(TARGET, "--lease", "1")
+    spawn_worker(target, "--lease", "1")
     result = wait_ended(conn, wid)
     assert result["status"] == "succeeded"
     woke = conn.execute("select at >= %s::timestamptz as after from crash_effects "
@@ -206,13 +212,14 @@ def test_kill9_during_a_sleep_keeps_the_wake_time(setup_db, spawn_worker):
                         "and name = 'sleep'", (wid,)).fetchone()["n"] == 1
 
 
-def test_kill9_while_waiting_for_a_child_starts_it_once(setup_db, spawn_worker, barrier):
+def test_kill9_while_waiting_for_a_child_starts_it_once(setup_db, spawn_worker, barrier,
+                                                        target):
     conn = setup_db
     wid = start(conn, "parent", [4], "parent-1")
-    a = spawn_worker(TARGET, "--lease", LEASE, env=blocking_env("child", barrier))
+    a = spawn_worker(target, "--lease", LEASE, env=blocking_env("child", barrier))
     poll(lambda: (barrier / "child").exists(), 30, "the child to run")
     kill9(a)
-    spawn_worker(TARGET, "--lease", LEASE)
+    spawn_worker(target, "--lease", LEASE)
     result = wait_ended(conn, wid)
     assert result["status"] == "succeeded" and result["output"] == 41
     children = conn.execute("select count(*) as n from ratchet.workflows where parent_id = %s",

@@ -7,6 +7,7 @@ import json
 import os
 from collections.abc import Sequence
 
+from crashapp import block
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
@@ -53,3 +54,11 @@ def traced(n: int) -> int:
     except Exception:
         pass
     return total
+
+
+@app.workflow()
+def traced_crash(n: int) -> int:
+    """Blocks between its steps in a worker told to (CRASH_BLOCK_AT=between)."""
+    first = fetch(n)
+    block("between")
+    return first + fetch(n + 1)

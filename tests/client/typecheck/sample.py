@@ -44,3 +44,41 @@ checkout.with_options(priority="high")  # E
 reserve("not an int")  # E
 charge(1, 2)  # E
 wrong: int = handle.result()  # E
+
+# -- the async client ---------------------------------------------------------
+
+aapp = ratchet.AsyncApp()
+
+
+@aapp.step(retries=2)
+async def acharge(order_id: int) -> str:
+    return "x"
+
+
+@aapp.step()
+def blocking_lookup(order_id: int) -> int:  # a plain step: run in a thread, still awaited
+    return order_id
+
+
+@aapp.transaction()
+async def areserve(cur: psycopg.AsyncCursor[Any], order_id: int) -> None:
+    await cur.execute("select 1")
+
+
+@aapp.workflow()
+async def acheckout(order_id: int, note: str = "") -> str:
+    await areserve(order_id)
+    looked_up: int = await blocking_lookup(order_id)
+    await ratchet.aio.sleep(looked_up)
+    return await acharge(order_id)
+
+
+async def use_async_client() -> None:
+    ahandle: ratchet.aio.AsyncWorkflowHandle[str] = await aapp.start(
+        acheckout.with_options(workflow_id="order-43"), 43)
+    atext: str = await ahandle.result(timeout=3)
+    adirect: str = await acheckout(1)
+    await aapp.start(acheckout, "not an int")  # E
+    await acharge("not an int")  # E
+    awrong: int = await ahandle.result()  # E
+    print(atext, adirect, awrong)
