@@ -43,10 +43,12 @@ from ._workflows import (
     START_OPTION_NAMES,
     BoundWorkflow,
     Seconds,
+    StartItem,
     StartOptions,
     Workflow,
     default_name,
     start_child,
+    start_items,
     start_params,
     to_seconds,
 )
@@ -407,6 +409,22 @@ class App:
                 row = self._db.fetchone(_queries.START, params)
         assert row is not None
         return str(row["workflow_id"])
+
+    def start_many(self, items: Sequence[StartItem]) -> list[WorkflowHandle[Any]]:
+        """Start many workflows in one call and one commit
+        (``ratchet.start_workflows``): ``[(wf, args), (wf, args, kwargs), ...]``
+        where ``wf`` is a workflow, a workflow with options
+        (``wf.with_options(workflow_id=..., priority=..., delay=...)``) or a name.
+        Every item is checked first (arguments, JSON); a bad item in the
+        database (RT005, an active dedup key) starts none. Returns handles in
+        item order. Not inside a workflow (start children one by one there)."""
+        if active_workflow() is not None:
+            raise RuntimeError("start_many() cannot be called inside a workflow; "
+                               "start child workflows with app.start()")
+        body = start_items(items, app_version=self.app_version)
+        row = self._db.fetchone(_queries.START_MANY, (body,))
+        assert row is not None
+        return [WorkflowHandle(self, str(i)) for i in row["workflow_ids"]]
 
     def _call_directly(self, wf: Workflow[..., Any] | BoundWorkflow[..., Any],
                        args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -26,6 +26,8 @@ _START_ARGS = """
   trace_context => %(trace_context)s::jsonb"""
 
 START = f"select ratchet.start_workflow({_START_ARGS}) as workflow_id"
+#: many workflows, each with its own options, in one call and one commit
+START_MANY = "select ratchet.start_workflows(items => %s::jsonb) as workflow_ids"
 
 # A child workflow and the parent's checkpoint of it, atomically, in one round
 # trip: the CTE runs first (the outer select reads its result); if the parent's

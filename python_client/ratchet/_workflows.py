@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import json
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -253,6 +255,40 @@ def start_params(fn: WorkflowDefinition[..., Any] | BoundWorkflow[..., Any] | st
         "app_version": app_version,
         "trace_context": None,
     }
+
+
+#: what :meth:`App.start_many` takes per workflow: ``(wf, args)`` or
+#: ``(wf, args, kwargs)``, ``wf`` a workflow, a workflow with options, or a name
+StartItem = tuple[Any, Sequence[Any]] | tuple[Any, Sequence[Any], dict[str, Any]]
+
+
+def start_items(items: Sequence[StartItem], *, app_version: str | None) -> str:
+    """The JSON argument of ``ratchet.start_workflows(items)`` for
+    :meth:`App.start_many`: each item validated and encoded by
+    :func:`start_params` (ids chosen here, so a resent call is idempotent).
+    No I/O."""
+    out = []
+    for item in items:
+        fn, args = item[0], item[1]
+        kwargs = item[2] if len(item) > 2 else {}
+        params = start_params(fn, list(args), dict(kwargs), app_version=app_version)
+        start_at = params["start_at"]
+        entry = {
+            "name": params["name"], "input": json.loads(params["input"]),
+            "workflow_id": params["workflow_id"] or str(uuid.uuid4()),
+            "queue": params["queue"], "priority": params["priority"],
+            "dedup_key": params["dedup_key"],
+            "start_at": None if start_at is None else start_at.isoformat(),
+            "delay": params["delay"], "timeout": params["timeout"],
+            "max_attempts": params["max_attempts"], "app_version": params["app_version"],
+            "retry_policy": None if params["retry_policy"] is None
+            else json.loads(params["retry_policy"])}
+        if entry["start_at"] is None:
+            del entry["start_at"]  # start_at and delay exclude each other
+        if entry["delay"] is None:
+            del entry["delay"]
+        out.append(entry)
+    return dumps(out, "the workflows to start")
 
 
 def child_start(ctx: RunContext, params: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:

@@ -1,8 +1,7 @@
 """Behaviour both clients must share, asserted once and run against
 ``ratchet.App`` and ``ratchet.AsyncApp`` (the workflows, written for each,
-are in flows.py). ``client.wait(x)`` returns ``x``, or, for the async
-client, runs the awaitable ``x`` on the client's event loop (a thread) and
-returns its result, so every assertion below is the same for both.
+are in flows.py; ``Client`` in clients.py drives either), so every assertion
+below is the same for both.
 
 Crash behaviour (kill -9 mid-step, lease theft, SIGTERM) is parametrized the
 same way in test_crash.py, and tracing across processes in test_otel.py.
@@ -10,89 +9,15 @@ same way in test_crash.py, and tracing across processes in test_otel.py.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from flows import register_async, register_sync
+from clients import Client
 from helpers import poll
 
 import ratchet
-
-
-class Client:
-    """One app of either flavour, its workflows, and the workers it started."""
-
-    def __init__(self, flavor: str, dsn: str) -> None:
-        self.flavor = flavor
-        self.seen: Counter[str] = Counter()
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._workers: list[tuple[Any, Any]] = []
-        if flavor == "sync":
-            self.app: Any = ratchet.App(dsn, poll_interval=0.1, suspend_threshold=0.3)
-            register_sync(self.app, self.seen)
-        else:
-            self.loop = asyncio.new_event_loop()
-            self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-            self._thread.start()
-            self.app = ratchet.AsyncApp(dsn, poll_interval=0.1, suspend_threshold=0.3)
-            register_async(self.app, self.seen)
-
-    def wait(self, value: Any, timeout: float = 30.0) -> Any:
-        if not inspect.isawaitable(value):
-            return value
-        assert self.loop is not None, "a sync client returned an awaitable"
-
-        async def awaited() -> Any:
-            return await value
-
-        return asyncio.run_coroutine_threadsafe(awaited(), self.loop).result(timeout)
-
-    def wf(self, name: str) -> Any:
-        return self.app.workflows[name]
-
-    def start(self, name: str, *args: Any, **options: Any) -> Any:
-        """A handle to workflow ``name`` started with ``args``."""
-        wf = self.wf(name)
-        return self.wait(self.app.start(wf.with_options(**options) if options else wf, *args))
-
-    def result(self, handle: Any, timeout: float = 20.0) -> Any:
-        return self.wait(handle.result(timeout=timeout), timeout + 5)
-
-    def run_worker(self, **kw: Any) -> Any:
-        kw.setdefault("install_signal_handlers", False)
-        kw.setdefault("concurrency", 4)
-        kw.setdefault("poll_interval", 0.1)
-        kw.setdefault("grace_period", 1.0)
-        worker = self.app.worker(**kw)
-        if self.loop is None:
-            thread = threading.Thread(target=worker.run, daemon=True)
-            thread.start()
-            assert worker.wait_started(10)
-            self._workers.append((worker, thread))
-        else:
-            task = asyncio.run_coroutine_threadsafe(worker.run(), self.loop)
-            self.wait(worker.wait_started(), 10)
-            self._workers.append((worker, task))
-        return worker
-
-    def close(self) -> None:
-        for worker, runner in self._workers:
-            if self.loop is None:
-                worker.stop()
-                runner.join(15)
-            else:
-                self.loop.call_soon_threadsafe(worker.stop)
-                runner.result(15)
-        self.wait(self.app.close())
-        if self.loop is not None:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(5)
-            self.loop.close()
 
 
 @pytest.fixture(params=["sync", "async"])
@@ -194,6 +119,31 @@ def test_start_options_and_idempotent_ids(client, conn):
     row = conn.execute("select queue, priority, input from ratchet.workflows").fetchone()
     assert (row["queue"], row["priority"]) == ("elsewhere", 3)
     assert row["input"]["args"] == [1, 1]
+
+
+def test_start_many_starts_every_item_with_its_options_in_one_call(client, conn):
+    two_args = client.wf("two_args")
+    handles = client.wait(client.app.start_many([
+        (two_args, [1, 2]),
+        (two_args.with_options(workflow_id="many-b", priority=7, delay=3600), [3], {"b": 4}),
+        ("two_args", [5, 6]),
+    ]))
+    assert len(handles) == 3 and handles[1].workflow_id == "many-b"
+    rows = {r["workflow_id"]: r for r in conn.execute(
+        "select workflow_id, priority, input, start_at > now() + interval '1 hour' "
+        "- interval '1 minute' as later from ratchet.workflows").fetchall()}
+    assert rows["many-b"]["priority"] == 7 and rows["many-b"]["later"]
+    assert rows["many-b"]["input"] == {"args": [3], "kwargs": {"b": 4}}
+    # the arguments are checked before anything is sent: a bad item starts none
+    with pytest.raises(ratchet.WorkflowArgumentError):
+        client.wait(client.app.start_many([(two_args, [1, 2]), (two_args, [1])]))
+    # and the database refuses the whole call for one bad item (an unknown queue)
+    with pytest.raises(ratchet.InvalidArgument, match="item 2"):
+        client.wait(client.app.start_many([
+            (two_args, [1, 2]), (two_args.with_options(queue="nowhere"), [1, 2])]))
+    assert conn.execute("select count(*) as n from ratchet.workflows").fetchone()["n"] == 3
+    client.run_worker()
+    assert [client.result(h) for h in (handles[0], handles[2])] == [3, 11]
 
 
 def test_patched_records_its_marker_once(client, conn):

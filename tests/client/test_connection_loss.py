@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from clients import Client
 from psycopg.rows import dict_row
 
 import ratchet
@@ -130,13 +131,16 @@ def _runs(conn: psycopg.Connection[Any], workflow_id: str) -> list[dict[str, Any
                         [workflow_id]).fetchall()
 
 
+@pytest.mark.parametrize("flavor", ["sync", "async"])
 def test_checkpoint_after_terminated_backends_is_retried_on_the_same_run(
-    dsn: str, conn: psycopg.Connection[Any], run_worker: Callable[..., ratchet.Worker],
-    wait_until: Callable[..., Any],
+    flavor: str, dsn: str, conn: psycopg.Connection[Any], wait_until: Callable[..., Any],
 ) -> None:
     conn.execute("create table executions (step text)")
-    app = ratchet.App(dsn + " application_name=victim-app", poll_interval=0.2)
+    client = Client(flavor, dsn + " application_name=victim-app", flows=False,
+                    poll_interval=0.2)
+    app = client.app
 
+    # a plain def: a step of either client (the async one runs it in a thread)
     @app.step()
     def charge() -> str:
         # the side effect is counted outside every transaction of the worker
@@ -151,21 +155,26 @@ def test_checkpoint_after_terminated_backends_is_retried_on_the_same_run(
             ).fetchone() == (0,), what="the worker's backends to exit")
         return "ch-1"
 
-    @app.workflow()
-    def pay() -> str:
-        return charge() + "/paid"
+    if flavor == "sync":
+        @app.workflow(name="pay")
+        def pay() -> str:
+            return charge() + "/paid"
+    else:
+        @app.workflow(name="pay")
+        async def pay() -> str:
+            return await charge() + "/paid"
 
     try:
-        handle = app.start(pay, workflow_id="pay-1")
-        run_worker(app, lease=10.0)
-        assert handle.result(timeout=30) == "ch-1/paid"
+        handle = client.start("pay", workflow_id="pay-1")
+        client.run_worker(lease=10.0, poll_interval=0.2)
+        assert client.result(handle, 30) == "ch-1/paid"
         assert conn.execute("select count(*) as n from executions").fetchone() == {"n": 1}
         [run] = _runs(conn, "pay-1")
         assert run["outcome"] == "succeeded", "the workflow finished on the run that started it"
         step = conn.execute("select output, run_id from ratchet.steps").fetchone()
         assert step == {"output": "ch-1", "run_id": run["run_id"]}
     finally:
-        app.close()
+        client.close()
 
 
 def test_server_restart_during_a_checkpoint_costs_no_run(

@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from clients import Client
 from pooler import PGBOUNCER, PgBouncer
 
 import ratchet
@@ -61,21 +62,50 @@ def _app_with_flow(app: ratchet.App) -> ratchet.Workflow[[int], int]:
     return flow
 
 
+def _client_with_flow(client: Client) -> None:
+    app = client.app
+    if client.flavor == "sync":
+        @app.transaction()
+        def record(cur: Cursor, i: int) -> int:
+            cur.execute("insert into effects (i) values (%s)", (i,))
+            return i
+
+        @app.workflow(name="pooled_flow")
+        def flow(i: int) -> int:
+            record(i)
+            return i * 2
+    else:
+        @app.transaction()
+        async def arecord(cur: psycopg.AsyncCursor[Any], i: int) -> int:
+            await cur.execute("insert into effects (i) values (%s)", (i,))
+            return i
+
+        @app.workflow(name="pooled_flow")
+        async def aflow(i: int) -> int:
+            await arecord(i)
+            return i * 2
+
+
+@pytest.mark.parametrize("flavor", ["sync", "async"])
 @pytest.mark.parametrize("wakeups", ["listen_dsn", "polling"])
 def test_workflows_finish_exactly_once_through_pgbouncer(
-    wakeups: str, pooled_dsn: str, dsn: str, conn: psycopg.Connection[Any], run_worker: Any,
+    wakeups: str, flavor: str, pooled_dsn: str, dsn: str, conn: psycopg.Connection[Any],
 ) -> None:
     conn.execute("create table effects (i int not null)")
     if wakeups == "listen_dsn":
-        app = ratchet.App(pooled_dsn, listen_dsn=dsn + " application_name=direct-listen")
+        client = Client(flavor, pooled_dsn, flows=False, poll_interval=None,
+                        listen_dsn=dsn + " application_name=direct-listen")
     else:
-        app = ratchet.App(pooled_dsn, pooled=True)
-        assert app.poll_interval == ratchet.App.POOLED_POLL_INTERVAL
+        client = Client(flavor, pooled_dsn, flows=False, poll_interval=None, pooled=True)
+        assert client.app.poll_interval == ratchet.App.POOLED_POLL_INTERVAL
     try:
-        flow = _app_with_flow(app)
-        handles = [app.start(flow, i) for i in range(N)]
-        run_worker(the_app=app, concurrency=8, poll_interval=None)
-        assert [h.result(timeout=120) for h in handles] == [i * 2 for i in range(N)]
+        _client_with_flow(client)
+        # half one call each, half in one start_many call
+        handles = [client.start("pooled_flow", i) for i in range(N // 2)]
+        handles += client.wait(client.app.start_many(
+            [("pooled_flow", [i]) for i in range(N // 2, N)]))
+        client.run_worker(concurrency=8, poll_interval=None)
+        assert [client.result(h, 120) for h in handles] == [i * 2 for i in range(N)]
         counts = conn.execute("select count(*) as n, count(distinct i) as d from effects"
                               ).fetchone()
         assert counts == {"n": N, "d": N}
@@ -88,7 +118,7 @@ def test_workflows_finish_exactly_once_through_pgbouncer(
         else:
             assert listeners == []
     finally:
-        app.close()
+        client.close()
 
 
 def test_pooler_killing_server_connections_mid_run_loses_nothing(

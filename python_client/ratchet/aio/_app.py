@@ -33,10 +33,12 @@ from .._workflows import (
     START_OPTION_NAMES,
     BoundWorkflow,
     Seconds,
+    StartItem,
     StartOptions,
     WorkflowDefinition,
     child_start,
     default_name,
+    start_items,
     start_params,
     to_seconds,
 )
@@ -345,22 +347,16 @@ class AsyncApp:
             options = StartOptions(**given) if given else None
         return AsyncWorkflowHandle(self, await self._start(fn, args, kwargs, options))
 
-    async def start_many(self, items: Sequence[tuple[Any, Sequence[Any]]]) -> list[str]:
-        """Start several workflows, ``[(wf_or_bound_or_name, args), ...]``, each in
-        its own call on one connection (pipelined); returns their ids in order."""
-        params = []
-        for fn, args in items:
-            p = start_params(fn, list(args), {}, None, app_version=self.app_version)
-            p["workflow_id"] = p["workflow_id"] or str(uuid.uuid4())
-            params.append(p)
-        async with self._db.connection() as conn, conn.pipeline():
-            cursors = [await self._db.run(conn, _queries.START, p) for p in params]
-        ids = []
-        for cur in cursors:
-            row = await cur.fetchone()
-            assert row is not None
-            ids.append(str(row["workflow_id"]))
-        return ids
+    async def start_many(self, items: Sequence[StartItem]) -> list[AsyncWorkflowHandle[Any]]:
+        """Start many workflows in one call and one commit (see
+        :meth:`ratchet.App.start_many`)."""
+        if active_async_workflow() is not None:
+            raise RuntimeError("start_many() cannot be called inside a workflow; "
+                               "start child workflows with app.start()")
+        body = start_items(items, app_version=self.app_version)
+        row = await self._db.fetchone(_queries.START_MANY, (body,))
+        assert row is not None
+        return [AsyncWorkflowHandle(self, str(i)) for i in row["workflow_ids"]]
 
     async def _start(self, fn: WorkflowDefinition[..., Any] | BoundWorkflow[..., Any] | str,
                      args: Sequence[Any], kwargs: dict[str, Any],
