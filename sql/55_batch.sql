@@ -135,6 +135,17 @@ begin
                                                          where j < i and v_outcome[j] = 'ok'
                                                            and p_workflow_ids[j] = p_workflow_ids[i]
                                                            and p_step_ids[j] = p_step_ids[i])
+                                   then 'ok'
+                                   -- this run's own write, retried (the connection
+                                   -- dropped after the first call committed): as
+                                   -- in _insert_step, same run and content is ok
+                                   when exists (select 1 from ratchet.steps s
+                                                 where s.workflow_id = p_workflow_ids[i]
+                                                   and s.step_id = p_step_ids[i]
+                                                   and s.run_id = p_run_ids[i]
+                                                   and s.name = p_names[i]
+                                                   and s.output is not distinct from p_outputs[i]
+                                                   and s.error is not distinct from p_errors[i])
                                    then 'ok' else 'duplicate' end order by i)
     into v_outcome
     from pg_catalog.generate_subscripts(p_workflow_ids, 1) as i;
@@ -148,7 +159,8 @@ $$;
 comment on function ratchet.record_steps(text[], bigint[], int[], text[], jsonb[], jsonb[]) is
   'Checkpoint many steps (of any workflows and runs) in one call: each row fenced on its own '
   'run_id like record_step; returns per item ok, duplicate, stale_run, cancelled, '
-  'deadline_passed or unknown. RT005 for bad arguments.';
+  'deadline_passed or unknown (ok also for a step this run already recorded with the same '
+  'content: a retried call). RT005 for bad arguments.';
 
 -- RT005 naming the item: the precise error of record_step's checks.
 create function ratchet._check_batch_item(

@@ -668,17 +668,22 @@ class App:
                lease: float = 30.0, poll_interval: float | None = None,
                grace_period: float = 10.0, install_signal_handlers: bool = True,
                maintenance_interval: float | None = 60.0, maintenance_batch: int = 500,
-               batch_finishes: bool = True) -> Worker:
+               batch_finishes: bool = True, batch_checkpoints: bool | None = None) -> Worker:
         """A :class:`Worker` for this app (call ``run()``; ``stop()`` from another
         thread). It runs retention (``maintain()``) every ``maintenance_interval``
         seconds; None turns that off. ``batch_finishes``: write the finishes
         ready within about 1 ms in one call and commit with the next claim
-        (``ratchet.finish_and_claim``); False finishes each alone."""
+        (``ratchet.finish_and_claim``); False finishes each alone.
+        ``batch_checkpoints``: the checkpoints that runs ask for while one is
+        being written go in the next call (``ratchet.record_steps``, one
+        commit); None (default): only when ``concurrency >= 8``, where it was
+        measured to pay; False writes each alone."""
         from ._worker import Worker
 
         return Worker(self, queues, concurrency=concurrency, lease=lease,
                       poll_interval=poll_interval, grace_period=grace_period,
                       install_signal_handlers=install_signal_handlers,
                       maintenance_interval=maintenance_interval,
-                      maintenance_batch=maintenance_batch, batch_finishes=batch_finishes)
+                      maintenance_batch=maintenance_batch, batch_finishes=batch_finishes,
+                      batch_checkpoints=batch_checkpoints)
 

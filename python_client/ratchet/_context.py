@@ -92,6 +92,8 @@ class RunContext:
     patches: dict[str, bool] = field(default_factory=dict)
     #: the worker's finish batcher (ratchet._batch), None: finish alone
     finisher: Any = None
+    #: the worker's checkpoint batcher (ratchet._batch), None: one call per step
+    checkpointer: Any = None
     #: time.monotonic() by which the lease expires (claim, then each heartbeat)
     lease_until: float = 0.0
 
@@ -214,6 +216,26 @@ class WorkflowContext(RunContext):
                     extra={"workflow_id": self.workflow_id})
         raise self.abort(_Suspended(f"suspended until {until}"))
 
+    def record_step(self, step_id: int, name: str, output: str | None,
+                    error: str | None) -> None:
+        """Checkpoint a step's output or error (JSON text): through the worker's
+        checkpoint batcher when it has one (one commit for the steps of many
+        runs), else one ``record_step`` call. Either way fenced on this run, and
+        it returns only once the checkpoint is committed."""
+        if self.checkpointer is None:
+            self.call(_queries.RECORD_STEP, (self.workflow_id, self.run_id, step_id, name,
+                                             output, error))
+            return
+        self.check()
+        try:
+            outcome = self.checkpointer.record(self.workflow_id, self.run_id, step_id, name,
+                                               output, error, lambda: self.lease_until)
+        except psycopg.Error as exc:
+            raise self.run_error(exc) from exc
+        if outcome != "ok":  # the outcomes of record_step's RT002/RT006/RT003/RT004
+            raise self.abort(_RunAborted(f"{outcome.replace('_', ' ')} (record_steps)",
+                                         release=outcome == "duplicate"))
+
     def call(self, query: str, params: Any,
              conn: psycopg.Connection[Any] | None = None) -> DictRow | None:
         """Run one statement for this run (on ``conn`` or a pooled connection) and
@@ -223,9 +245,12 @@ class WorkflowContext(RunContext):
             if conn is not None:
                 return self.app._db.run(conn, query, params).fetchone()
             # a lost connection is retried while the lease holds (fenced by run_id)
-            return self.app._db.run_fenced(query, params, self.lease_until, self.stop)
+            row: DictRow | None = self.app._db.run_fenced(query, params, self.lease_until,
+                                                          self.stop)
+            return row
         except psycopg.Error as exc:
             raise self.run_error(exc) from exc
+
 
 current_workflow: ContextVar[RunContext | None] = ContextVar(
     "ratchet_workflow", default=None)

@@ -169,7 +169,7 @@ class Database:
             return cur.fetchall()
 
     def run_fenced(self, query: str, params: Any, lease_until: float,
-                   stop: threading.Event | None = None) -> DictRow | None:
+                   stop: threading.Event | None = None, *, fetch: str = "one") -> Any:
         """Run one fenced write of a run (checkpoint, finish, fail, heartbeat) in
         its own autocommit transaction and return its first row, retrying it on a
         new connection while the connection is lost and the lease still holds.
@@ -179,14 +179,16 @@ class Database:
         commit before the connection broke is recognised by the database as this
         run's own and succeeds; one that lost the race to a reclaim gets RT002.
         Past the lease (or once ``stop`` is set) the last error is raised, and the
-        run is given up: the workflow may then run elsewhere.
+        run is given up: the workflow may then run elsewhere. ``fetch="all"``
+        returns every row instead of the first.
         """
         delay = 0.05
         while True:
             remaining = lease_until - time.monotonic()
             try:
                 with self.pool.connection(timeout=max(remaining, 0.1)) as conn:
-                    return self.run(conn, query, params).fetchone()
+                    cur = self.run(conn, query, params)
+                    return cur.fetchall() if fetch == "all" else cur.fetchone()
             except psycopg.Error as exc:
                 if not connection_lost(exc):
                     raise

@@ -69,6 +69,10 @@ MAINTAIN = "select * from ratchet.maintain(max_rows => %s::int)"
 RECORD_STEP = """select ratchet.record_step(
   workflow_id => %s::text, run_id => %s::bigint, step_id => %s::int,
   name => %s::text, output => %s::jsonb, error => %s::jsonb)"""
+#: many checkpoints (of any runs) in one call; an outcome per item
+RECORD_STEPS = """select ord, outcome from ratchet.record_steps(
+  workflow_ids => %s::text[], run_ids => %s::bigint[], step_ids => %s::int[],
+  names => %s::text[], outputs => %s::jsonb[], errors => %s::jsonb[])"""
 FINISH = ("select ratchet.finish(workflow_id => %s::text, run_id => %s::bigint, "
           "output => %s::jsonb)")
 # The database decides retry or not, and when, from the workflow's stored retry

@@ -147,13 +147,11 @@ class StepBase:
                     continue
                 error = error_payload(exc)
                 error["attempts"] = attempt
-                ctx.call(_queries.RECORD_STEP, (ctx.workflow_id, ctx.run_id, step_id,
-                                                self.name, None, dumps(error, "the step error")))
+                ctx.record_step(step_id, self.name, None, dumps(error, "the step error"))
                 raise step_error(error, step_id, self.name) from exc
             finally:
                 current_step.reset(token)
-            ctx.call(_queries.RECORD_STEP, (ctx.workflow_id, ctx.run_id, step_id, self.name,
-                                            output, None))
+            ctx.record_step(step_id, self.name, output, None)
             return json.loads(output)
 
     def _retry_delay(self, ctx: WorkflowContext, attempt: int) -> float | None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _queries
 from ._app import make_worker_id
-from ._batch import FinishBatcher
+from ._batch import CheckpointBatcher, FinishBatcher
 from ._context import WorkflowContext
 from ._listener import queue_channel
 from ._outcome import release
@@ -59,7 +59,8 @@ class Worker:
                  concurrency: int = 16, lease: float = 30.0, poll_interval: float | None = None,
                  grace_period: float = 10.0, install_signal_handlers: bool = True,
                  worker_id: str | None = None, maintenance_interval: float | None = 60.0,
-                 maintenance_batch: int = 500, batch_finishes: bool = True) -> None:
+                 maintenance_batch: int = 500, batch_finishes: bool = True,
+                 batch_checkpoints: bool | None = None) -> None:
         if isinstance(queues, str):
             queues = [queues]
         if concurrency < 1:
@@ -93,6 +94,12 @@ class Worker:
         #: write finishes in batches with the next claim (finish_and_claim)
         self.batch_finishes = batch_finishes
         self._finisher: FinishBatcher | None = None
+        #: write the checkpoints of concurrent runs in one call (record_steps);
+        #: by default only from concurrency 8, where it was measured to pay
+        #: (docs/benchmarks.md, "Batched checkpoints in the Python worker")
+        self.batch_checkpoints = concurrency >= 8 if batch_checkpoints is None \
+            else batch_checkpoints
+        self._checkpointer: CheckpointBatcher | None = None
         self._claim_lock = threading.Lock()
         #: counts of outcomes, for tests and curiosity
         self.outcomes: dict[str, int] = {}
@@ -152,6 +159,8 @@ class Worker:
                 self._finisher = FinishBatcher(
                     self.app, queues=self.queues, worker_id=self.worker_id, lease=self.lease,
                     claim_count=self._batch_claim_count, on_claimed=self._spawn)
+            if self.batch_checkpoints:
+                self._checkpointer = CheckpointBatcher(self.app)
             heartbeat.start()
             if self.maintenance_interval is not None:
                 maintenance.start()
@@ -249,6 +258,7 @@ class Worker:
                 self.outcomes["undecodable"] = self.outcomes.get("undecodable", 0) + 1
                 continue
             ctx.finisher = self._finisher
+            ctx.checkpointer = self._checkpointer
             with self._lock:
                 self._active[ctx.workflow_id] = ctx
             thread = threading.Thread(target=self._run_one, args=(ctx,), daemon=True,

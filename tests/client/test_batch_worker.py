@@ -69,3 +69,46 @@ def test_batching_can_be_turned_off(app, run_worker):
     assert h.result(timeout=20) == "ok"
     assert worker._finisher is None
     assert worker.outcomes == {"succeeded": 1}
+
+
+def test_checkpoints_waiting_behind_a_write_share_the_next_commit(app, run_worker, dsn,
+                                                                  wait_until):
+    """Group commit of checkpoints: while one checkpoint write is held (here by
+    a lock the test holds on ratchet.steps), the checkpoints the other runs ask
+    for wait in the batcher and then go in one record_steps call. A workflow
+    cancelled meanwhile is refused alone; no step continues before its commit."""
+    import psycopg
+
+    after: Counter[int] = Counter()
+
+    @app.step()
+    def work(i: int) -> int:
+        return i * 10
+
+    @app.workflow()
+    def flow(i: int) -> int:
+        value = work(i)
+        after[i] += 1  # reached only once the checkpoint committed
+        return value
+
+    worker = run_worker(concurrency=8)
+    checkpointer = worker._checkpointer
+    assert checkpointer is not None
+    with psycopg.connect(dsn) as blocker:
+        blocker.execute("lock table ratchet.steps in exclusive mode")
+        handles = [app.start(flow, i) for i in range(8)]
+        wait_until(lambda: len(checkpointer._pending) == 7, what="7 checkpoints queued")
+        assert not after  # every step is waiting for its checkpoint
+        victim = next(h for h in handles if any(
+            c.workflow_id == h.workflow_id for c in checkpointer._pending))
+        victim.cancel()
+        blocker.commit()  # releases the lock: the first write, then the 7 together
+    survivors = [h for h in handles if h is not victim]
+    assert sorted(h.result(timeout=20) for h in survivors) == \
+        sorted(int(h.info()["input"]["args"][0]) * 10 for h in survivors)
+    assert victim.info()["status"] == "cancelled"
+    assert checkpointer.batches == 2 and checkpointer.checkpoints == 8
+    steps = {r["workflow_id"] for r in app._db.fetchall(
+        "select workflow_id from ratchet.steps where name = 'work'")}
+    assert steps == {h.workflow_id for h in survivors}
+    assert sum(after.values()) == 7

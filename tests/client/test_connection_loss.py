@@ -298,3 +298,53 @@ def test_checkpoint_that_committed_before_its_reply_was_lost_is_recognised(
         worker.stop()
         thread.join(15)
         app.close()
+
+
+def test_a_batch_of_checkpoints_cut_off_mid_call_is_retried_whole(
+    app: ratchet.App, dsn: str, conn: psycopg.Connection[Any], run_worker: Any,
+    wait_until: Callable[..., Any],
+) -> None:
+    """Seven checkpoints queue behind a held one and go in one record_steps
+    call; that call's backend is terminated while it runs. The worker sends the
+    same batch again on a new connection: every workflow finishes on the run
+    that started it, each step body ran once."""
+    executed: dict[int, int] = {}
+    conn.execute("create sequence slow_once")
+    conn.execute("""
+      create function public.slow_batch() returns trigger language plpgsql as $$
+      begin
+        if current_query() like '%%record_steps%%' and nextval('public.slow_once') = 1 then
+          perform pg_sleep(30);
+        end if;
+        return new;
+      end $$;
+      create trigger slow_batch before insert on ratchet.steps
+        for each row execute function public.slow_batch()""")
+
+    @app.step()
+    def work(i: int) -> int:
+        executed[i] = executed.get(i, 0) + 1
+        return i
+
+    @app.workflow()
+    def flow(i: int) -> int:
+        return work(i) * 2
+
+    worker = run_worker(concurrency=8, lease=20.0)
+    checkpointer = worker._checkpointer
+    assert checkpointer is not None
+    with psycopg.connect(dsn) as blocker:
+        blocker.execute("lock table ratchet.steps in exclusive mode")
+        handles = [app.start(flow, i) for i in range(8)]
+        wait_until(lambda: len(checkpointer._pending) == 7, what="7 checkpoints queued")
+    # the lock is gone: the held checkpoint commits, then the 7 go in one call
+    pid = wait_until(lambda: conn.execute(
+        "select pid from pg_stat_activity where query like '%%record_steps%%' "
+        "and wait_event = 'PgSleep' and pid <> pg_backend_pid()").fetchone(),
+        what="the batch call in flight")["pid"]
+    conn.execute("select pg_terminate_backend(%s)", [pid])
+    assert sorted(h.result(timeout=30) for h in handles) == [i * 2 for i in range(8)]
+    assert executed == {i: 1 for i in range(8)}
+    for h in handles:
+        assert [r["outcome"] for r in _runs(conn, h.workflow_id)] == ["succeeded"]
+    assert checkpointer.checkpoints == 8 and checkpointer.batches == 2

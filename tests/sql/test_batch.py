@@ -67,6 +67,28 @@ def test_duplicates_never_overwrite(conn: psycopg.Connection[Any]) -> None:
     assert steps == [{"name": "first", "output": 1}, {"name": "x", "output": 2}]
 
 
+def test_a_resent_batch_is_recognised_as_this_runs_own(conn: psycopg.Connection[Any]) -> None:
+    """The connection dropped after record_steps committed: the client sends the
+    same batch again. Its own rows (same run, name and content) are ok; a row
+    with other content, or one recorded by another run, stays a duplicate."""
+    start(conn)
+    start(conn)
+    first, second = _claimed(conn, 2)
+    batch = [[first["workflow_id"], second["workflow_id"]], [first["run_id"], second["run_id"]],
+             [0, 0], ["charge", "charge"], [Jsonb({"id": 1}), Jsonb({"id": 2})]]
+    sql = "select outcome from ratchet.record_steps(%s, %s, %s, %s, %s)"
+    assert [o["outcome"] for o in conn.execute(sql, batch).fetchall()] == ["ok", "ok"]
+    assert [o["outcome"] for o in conn.execute(sql, batch).fetchall()] == ["ok", "ok"]
+    changed = [batch[0], batch[1], batch[2], ["charge", "refund"], [Jsonb({"id": 1}),
+                                                                     Jsonb({"id": 3})]]
+    assert [o["outcome"] for o in conn.execute(sql, changed).fetchall()] == \
+        ["ok", "duplicate"]
+    steps = conn.execute("select workflow_id, name, output from ratchet.steps "
+                         "order by workflow_id").fetchall()
+    assert sorted((s["name"], s["output"]["id"]) for s in steps) == \
+        [("charge", 1), ("charge", 2)]
+
+
 def test_bad_items_raise_rt005_naming_the_item(conn: psycopg.Connection[Any]) -> None:
     start(conn)
     (row,) = _claimed(conn, 1)
