@@ -177,19 +177,25 @@ def run_workflow(ctx: WorkflowContext) -> str:
     return status or "failed"
 
 
+def claim_and_run(app: App, workflow_id: str, worker_id: str, lease: float) -> None:
+    """Claim one workflow by id (if it is claimable now) and run it in this
+    thread under ``worker_id``."""
+    rows = app._db.fetchall(_queries.CLAIM_WORKFLOW, {
+        "workflow_id": workflow_id, "worker_id": worker_id, "lease": lease,
+        "app_version": app.app_version})
+    for row in rows:
+        ctx = context_from_claim(app, dict(row), worker_id, lease)
+        if ctx is not None:
+            run_workflow(ctx)
+
+
 def run_directly(app: App, workflow_id: str, worker_id: str, lease: float) -> Any:
     """Run a workflow in this process, durably: claim it whenever it is
     claimable (it may sleep, wait or be retried), until it ends. A worker may
     claim it first; then this just waits for the result."""
     ended = ended_check(app, workflow_id)
     while True:
-        rows = app._db.fetchall(_queries.CLAIM_WORKFLOW, {
-            "workflow_id": workflow_id, "worker_id": worker_id, "lease": lease,
-            "app_version": app.app_version})
-        for row in rows:
-            ctx = context_from_claim(app, dict(row), worker_id, lease)
-            if ctx is not None:
-                run_workflow(ctx)
+        claim_and_run(app, workflow_id, worker_id, lease)
         done, status = wait_for(app, ENDED, workflow_id, ended, app.poll_interval)
         if done:
             return raise_outcome(workflow_id, status["status"], status["output"],
@@ -200,12 +206,6 @@ def nested_run(parent: WorkflowContext, workflow_id: str) -> None:
     """Run a child started by a direct call inside a workflow in this thread,
     under the parent's worker (whose heartbeat renews its lease too)."""
     try:
-        rows = parent.app._db.fetchall(_queries.CLAIM_WORKFLOW, {
-            "workflow_id": workflow_id, "worker_id": parent.worker_id, "lease": parent.lease,
-            "app_version": parent.app.app_version})
+        claim_and_run(parent.app, workflow_id, parent.worker_id, parent.lease)
     except psycopg.Error as exc:  # e.g. a lost connection: stops the parent's run, not fails it
         raise parent.run_error(exc) from exc
-    for row in rows:
-        ctx = context_from_claim(parent.app, dict(row), parent.worker_id, parent.lease)
-        if ctx is not None:
-            run_workflow(ctx)
