@@ -193,7 +193,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         asyncio.run(serve())
         return 0
     try:
-        obj.run_worker(queues, **options)
+        obj.worker(queues, batch_checkpoints=args.batch_checkpoints,
+                   batch_finishes=args.batch_finishes, **options).run()
     finally:
         obj.close()
     return 0
@@ -781,6 +782,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--maintenance-interval", type=float, default=60.0,
                    help="seconds between retention batches (ratchet.maintain()); 0 turns "
                         "them off (default 60)")
+    p.add_argument("--batch-checkpoints", action=argparse.BooleanOptionalAction, default=None,
+                   help="group commit of step checkpoints (ratchet.record_steps); default: "
+                        "on from --concurrency 8 (sync apps)")
+    p.add_argument("--batch-finishes", action=argparse.BooleanOptionalAction, default=True,
+                   help="finish in batches with the next claim (ratchet.finish_and_claim); "
+                        "default on (sync apps)")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     p.set_defaults(func=cmd_worker)
 

@@ -12,7 +12,9 @@ What it does, in order:
    current when it was written, and every claim.
 2. Starts ``--workers`` worker processes (``python -m ratchet worker
    tests.chaos.chaos_app:app --queue chaos``, each in its own process group,
-   with a short lease), and starts the workflows in batches over the load
+   with a short lease; even-numbered workers group-commit their checkpoints,
+   ``--batch-checkpoints``, odd ones write one per call, and all batch their
+   finishes), and starts the workflows in batches over the load
    window (``--duration``) with ``ratchet.start_workflows``.
 3. Meanwhile injects faults at seeded random times (relative to the start):
    ``kill9`` (SIGKILL a worker, start a replacement), ``terminate``
@@ -323,7 +325,10 @@ class WorkerSlot:
                "--dsn", h.pg.dsn(DBNAME, application_name=self.app_name),
                "worker", "tests.chaos.chaos_app:app", "--queue", chaos_app.QUEUE,
                "--concurrency", str(h.cfg.concurrency), "--lease", str(h.cfg.lease),
-               "--poll-interval", "0.5", "--grace-period", "2", "--log-level", "INFO"]
+               "--poll-interval", "0.5", "--grace-period", "2", "--log-level", "INFO",
+               # even slots group-commit their checkpoints (record_steps), odd
+               # slots write one per call: every run puts faults on both paths
+               "--batch-checkpoints" if self.slot % 2 == 0 else "--no-batch-checkpoints"]
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                                          stdout=out, stderr=subprocess.STDOUT,
