@@ -61,7 +61,10 @@ comment on function ratchet.version() is
 -- only where the extension owner or a superuser enabled the fake clock
 -- (update ratchet.settings set fake_clock_enabled = true); anywhere else a
 -- session that sets it gets RT007 from every function, so no worker or
--- client can bend time for leases, deadlines or FIFO order. The table is
+-- client can bend time for leases, deadlines or FIFO order. The value is a
+-- fixed timestamp, or 'skip': the real clock plus ratchet.settings.clock_offset,
+-- which a test advances (ratchet.testing.SkippingClock) to skip over sleeps,
+-- timeouts and schedules while time keeps flowing. The table is
 -- read only when the setting is non-empty: the real clock costs nothing
 -- more. PL/pgSQL, not SQL: a SQL function with a SET clause is never
 -- inlined, and its body is parsed and planned again in every transaction
@@ -85,6 +88,9 @@ begin
       'RESET ratchet.fake_now; only the extension owner or a superuser can enable it '
       '(update ratchet.settings set fake_clock_enabled = true), for test databases');
   end if;
+  if v_fake = 'skip' then  -- a skipping clock: real time plus what a test skipped
+    return pg_catalog.clock_timestamp() + (select s.clock_offset from ratchet.settings s);
+  end if;
   begin
     v_now := v_fake::timestamptz;
   exception when others then
@@ -104,7 +110,8 @@ $$;
 
 comment on function ratchet.now() is
   'Current time for Ratchet: clock_timestamp(), or the session''s ratchet.fake_now where the '
-  'owner enabled the fake clock (ratchet.settings); RT007 if it is set but not enabled.';
+  'owner enabled the fake clock (ratchet.settings): a fixed timestamp, or ''skip'' for the '
+  'real clock plus ratchet.settings.clock_offset; RT007 if it is set but not enabled.';
 
 -- Raise an RT error; a function so that checks read as one line.
 create function ratchet._raise(p_errcode text, p_message text, p_hint text default null)

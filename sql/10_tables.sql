@@ -253,12 +253,16 @@ create index schedules_due_idx on ratchet.schedules (next_fire_at);
 -- administrator did not ask for it (test databases). docs/security.md.
 create table ratchet.settings (
   singleton          boolean primary key default true check (singleton),
-  fake_clock_enabled boolean not null default false
+  fake_clock_enabled boolean not null default false,
+  -- how far the skipping clock (ratchet.fake_now = 'skip') runs ahead
+  clock_offset       interval not null default interval '0' check (clock_offset >= interval '0')
 );
 
 comment on table ratchet.settings is
   'Trusted settings (one row), changed only by the extension owner or a superuser: '
-  'fake_clock_enabled lets sessions move ratchet.now() with SET ratchet.fake_now (tests only).';
+  'fake_clock_enabled lets sessions move ratchet.now() with SET ratchet.fake_now (tests only); '
+  'clock_offset is how far ahead of the real clock sessions with ratchet.fake_now = ''skip'' '
+  'are (a test advances it to skip time).';
 
 insert into ratchet.settings default values;
 

@@ -88,6 +88,28 @@ def test_fake_clock_when_enabled_is_still_bounded(conn: Conn, connect: Connect) 
     assert len(claim(worker)) == 1
 
 
+def test_the_skipping_clock_moves_only_forward_and_only_for_the_owner(
+    conn: Conn, connect: Connect,
+) -> None:
+    worker = as_role(connect, "ratchet_worker")
+    worker.execute("set ratchet.fake_now = 'skip'")
+    real = worker.execute("select ratchet.now() - clock_timestamp() as skew").fetchone()
+    assert abs(real["skew"].total_seconds()) < 1  # offset 0: the real clock
+    conn.execute("update ratchet.settings set clock_offset = interval '2 days'")
+    skew = worker.execute("select ratchet.now() - clock_timestamp() as skew").fetchone()["skew"]
+    assert 2 * 86400 - 1 < skew.total_seconds() < 2 * 86400 + 1
+    with pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute("update ratchet.settings set clock_offset = interval '-1 day'")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        worker.execute("update ratchet.settings set clock_offset = interval '30 days'")
+    worker.rollback()
+    # where the fake clock is off, 'skip' is refused like any fake time
+    disable_fake_clock(conn)
+    worker.execute("set ratchet.fake_now = 'skip'")
+    with raises_sqlstate("RT007"):
+        claim(worker)
+
+
 @pytest.mark.parametrize("lease", ["infinity", "-1 second", "0", "2 days", "1000000 years"])
 def test_leases_are_bounded(conn: Conn, connect: Connect, lease: str) -> None:
     start(conn)
