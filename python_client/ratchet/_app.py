@@ -23,7 +23,6 @@ from ._db import Database
 from ._errors import AsyncNotSupported, connection_lost
 from ._handles import WorkflowHandle
 from ._json import dumps
-from ._listener import Listener
 from ._middleware import Middleware, MiddlewareChain
 from ._outcome import child_result
 from ._records import (
@@ -36,6 +35,7 @@ from ._records import (
     WorkflowStatus,
 )
 from ._runs import heartbeat_loop, nested_run, run_directly
+from ._settings import AppSettings
 from ._steps import Step, Transaction
 from ._waits import get_event as get_event_in_workflow
 from ._waits import read_event
@@ -132,7 +132,7 @@ class _LocalRunner:
         return False
 
 
-class App:
+class App(AppSettings):
     """A Ratchet application: registered workflows and steps, and a connection pool.
 
     ``dsn`` is a libpq connection string or URL; without it,
@@ -154,24 +154,16 @@ class App:
     workflows this app starts and the runs its workers claim.
     """
 
-    #: the polling interval behind a pooler without ``listen_dsn`` (seconds)
-    POOLED_POLL_INTERVAL = 0.2
-
     def __init__(self, dsn: str | None = None, *, pool_size: int | None = None,
                  suspend_threshold: float = 2.0, poll_interval: float | None = None,
                  prepared_statements: bool = False, listen_dsn: str | None = None,
                  pooled: bool | None = None, app_version: str | None = None,
                  tracing: Any = None) -> None:
-        self.app_version = app_version if app_version is not None else \
-            (os.environ.get("RATCHET_APP_VERSION") or None)
-        self._db = Database(dsn, pool_size=pool_size, prepared_statements=prepared_statements)
-        self._listen_dsn = listen_dsn or os.environ.get("RATCHET_LISTEN_DSN") or None
-        if pooled is None:
-            pooled = os.environ.get("RATCHET_POOLED", "").strip().lower() in ("1", "true", "yes")
-        self.pooled = pooled
-        self._listener = Listener(self._listen_conninfo)
-        if poll_interval is None:
-            poll_interval = self.POOLED_POLL_INTERVAL if self._polls_only() else 1.0
+        self._db: Database
+        self._configure(Database(dsn, pool_size=pool_size,
+                                 prepared_statements=prepared_statements),
+                        suspend_threshold=suspend_threshold, poll_interval=poll_interval,
+                        listen_dsn=listen_dsn, pooled=pooled, app_version=app_version)
         self._middleware = MiddlewareChain()
         from ._otel import tracing_for
 
@@ -183,38 +175,11 @@ class App:
             self._middleware.add(self._tracing.middleware)
         self._workflows: dict[str, Workflow[..., Any]] = {}
         self._local: _LocalRunner | None = None
-        self.suspend_threshold = suspend_threshold
-        self.poll_interval = poll_interval
 
     def __repr__(self) -> str:
         return f"<ratchet.App workflows={sorted(self._workflows)}>"
 
     # -- configuration -------------------------------------------------------
-
-    @property
-    def dsn(self) -> str:
-        """The connection string in use."""
-        return self._db.dsn
-
-    def set_dsn(self, dsn: str) -> None:
-        """Use another database (before first use; the CLI's ``--dsn``)."""
-        self._db.set_dsn(dsn)
-
-    def set_listen_dsn(self, dsn: str) -> None:
-        """LISTEN for wake-ups on this direct connection (the CLI's ``--listen-dsn``)."""
-        self._listen_dsn = dsn
-        if self.poll_interval == self.POOLED_POLL_INTERVAL:
-            self.poll_interval = 1.0
-
-    def _polls_only(self) -> bool:
-        """Behind a transaction pooler with no direct connection: never LISTEN."""
-        return self.pooled and self._listen_dsn is None
-
-    def _listen_conninfo(self) -> str | None:
-        """Where the listener connects (None: nowhere, waits only poll)."""
-        if self._listen_dsn is not None:
-            return self._listen_dsn
-        return None if self.pooled else self._db.dsn
 
     def add_middleware(self, middleware: Middleware) -> None:
         """Wrap every workflow run and step execution in ``middleware``: either

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from . import _queries
-from ._context import active_run, active_workflow
+from ._context import RunContext, active_run, active_workflow
 
 PATCH_PREFIX = "patch:"
 
@@ -55,22 +55,37 @@ def patched(change_id: str) -> bool:
     ctx = active_workflow()
     if ctx is None:
         return True
+    decision, marker_step = decide_patch(ctx, change_id)
+    if marker_step is not None:
+        ctx.call(_queries.RECORD_STEP, (ctx.workflow_id, ctx.run_id, marker_step,
+                                        PATCH_PREFIX + change_id, PATCH_MARKER, None))
+    return decision
+
+
+#: the output of a ``patch:<change_id>`` marker step
+PATCH_MARKER = '{"patched": true}'
+
+
+def decide_patch(ctx: RunContext, change_id: str) -> tuple[bool, int | None]:
+    """What :func:`patched` returns in this run, and the step number at which
+    its marker must be recorded now (None: nothing to record). Takes the step
+    number when the marker is recorded or replayed; no I/O (the sync and
+    async clients record the marker their way)."""
     ctx.check()
     if change_id in ctx.patches:
-        return ctx.patches[change_id]
+        return ctx.patches[change_id], None
     found = patch_decision(ctx.recorded, ctx.next_step, change_id)
+    marker_step = None
     if found == "old":
         decision = False
     elif found == "marker":
         ctx.take_step()
         decision = True
     else:
-        step_id = ctx.take_step()
-        ctx.call(_queries.RECORD_STEP, (ctx.workflow_id, ctx.run_id, step_id,
-                                        PATCH_PREFIX + change_id, '{"patched": true}', None))
+        marker_step = ctx.take_step()
         decision = True
     ctx.patches[change_id] = decision
-    return decision
+    return decision, marker_step
 
 
 def deprecate_patch(change_id: str) -> None:

@@ -56,21 +56,31 @@ def context_from_claim(app: App, row: dict[str, Any], worker_id: str,
     reason stored as its error, and the rest of the claimed batch runs."""
     try:
         return WorkflowContext.from_claim(app, row, worker_id, lease)
-    except (ValueError, TypeError, KeyError, RecursionError) as exc:
-        reason = f"{type(exc).__name__}: {exc}"
+    except DECODE_ERRORS as exc:
+        params = undecodable_failure(row, exc)
+    try:
+        app._db.fetchone(_queries.FAIL, params)
+    except Exception as fail_exc:  # its lease expires; recovery retries the failure
+        logger.warning("could not record the failure of workflow %s: %s",
+                       params[0], fail_exc, extra={"workflow_id": params[0]})
+    return None
+
+
+#: what decoding a claimed row can raise (input nested too deep, bad data)
+DECODE_ERRORS = (ValueError, TypeError, KeyError, RecursionError)
+
+
+def undecodable_failure(row: dict[str, Any], exc: BaseException) -> tuple[Any, ...]:
+    """Log that a claimed row cannot be decoded and return the parameters of
+    :data:`ratchet._queries.FAIL` that fail it for good (retryable false: the
+    same input fails the same way again). No I/O; both clients share it."""
+    reason = f"{type(exc).__name__}: {exc}"
     workflow_id = str(row.get("workflow_id"))
     logger.error("workflow %s has an input or recorded step this worker cannot "
                  "decode (%s); failing it", workflow_id, reason,
                  extra={"workflow_id": workflow_id, "run_id": row.get("run_id")})
-    error = undecodable_error(reason)
-    try:
-        # for good (retryable false): the same input fails the same way again
-        app._db.fetchone(_queries.FAIL, (workflow_id, row.get("run_id"),
-                                         dumps(error, "the workflow error"), False, None))
-    except Exception as fail_exc:  # its lease expires; recovery retries the failure
-        logger.warning("could not record the failure of workflow %s: %s",
-                       workflow_id, fail_exc, extra={"workflow_id": workflow_id})
-    return None
+    return (workflow_id, row.get("run_id"),
+            dumps(undecodable_error(reason), "the workflow error"), False, None)
 
 
 def heartbeat_loop(app: App, worker_id: str, lease: float,

@@ -33,6 +33,24 @@ logger = logging.getLogger("ratchet")
 __all__ = ["Worker"]
 
 
+def check_worker_options(queues: Sequence[str] | str, concurrency: int,
+                         maintenance_interval: float | None,
+                         maintenance_batch: int) -> list[str]:
+    """The queues as a list, or ValueError for an option no worker can run with
+    (the sync and async workers alike)."""
+    if isinstance(queues, str):
+        queues = [queues]
+    if concurrency < 1:
+        raise ValueError("concurrency must be >= 1")
+    if not queues:
+        raise ValueError("a worker needs at least one queue")
+    if maintenance_interval is not None and maintenance_interval <= 0:
+        raise ValueError("maintenance_interval must be > 0 (None turns it off)")
+    if maintenance_batch < 1:
+        raise ValueError("maintenance_batch must be >= 1")
+    return list(queues)
+
+
 class Worker:
     """Runs an app's workflows from ``queues``, ``concurrency`` at a time.
 
@@ -61,18 +79,9 @@ class Worker:
                  worker_id: str | None = None, maintenance_interval: float | None = 60.0,
                  maintenance_batch: int = 500, batch_finishes: bool = True,
                  batch_checkpoints: bool | None = None) -> None:
-        if isinstance(queues, str):
-            queues = [queues]
-        if concurrency < 1:
-            raise ValueError("concurrency must be >= 1")
-        if not queues:
-            raise ValueError("a worker needs at least one queue")
-        if maintenance_interval is not None and maintenance_interval <= 0:
-            raise ValueError("maintenance_interval must be > 0 (None turns it off)")
-        if maintenance_batch < 1:
-            raise ValueError("maintenance_batch must be >= 1")
         self.app = app
-        self.queues = list(queues)
+        self.queues = check_worker_options(queues, concurrency, maintenance_interval,
+                                           maintenance_batch)
         self.concurrency = concurrency
         self.lease = float(lease)
         self.poll_interval = app.poll_interval if poll_interval is None else poll_interval

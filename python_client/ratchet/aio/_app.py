@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -25,10 +24,10 @@ from .. import _queries, _records
 from .._app import make_worker_id
 from .._errors import connection_lost
 from .._json import dumps
-from .._listener import Listener
 from .._middleware import ExecutionInfo, Middleware
 from .._otel import stored_context, tracing_for
 from .._records import QueueInfo, QueueMetrics, StepInfo, WorkerInfo, WorkflowInfo, WorkflowStatus
+from .._settings import AppSettings
 from .._workflows import (
     START_OPTION_NAMES,
     BoundWorkflow,
@@ -119,7 +118,7 @@ class _LocalRunner:
                 self._stop.set()
 
 
-class AsyncApp:
+class AsyncApp(AppSettings):
     """An asyncio Ratchet application: the options and behaviour of
     :class:`ratchet.App` (see there), with every call awaited.
 
@@ -144,60 +143,25 @@ class AsyncApp:
     :class:`ratchet.AsyncNotSupported` there rather than block the loop.
     """
 
-    #: the polling interval behind a pooler without ``listen_dsn`` (seconds)
-    POOLED_POLL_INTERVAL = 0.2
-
     def __init__(self, dsn: str | None = None, *, pool_size: int | None = None,
                  suspend_threshold: float = 2.0, poll_interval: float | None = None,
                  prepared_statements: bool = False, listen_dsn: str | None = None,
                  pooled: bool | None = None, app_version: str | None = None,
                  tracing: Any = None) -> None:
-        self.app_version = app_version if app_version is not None else \
-            (os.environ.get("RATCHET_APP_VERSION") or None)
-        self._db = AsyncDatabase(dsn, pool_size=pool_size,
-                                 prepared_statements=prepared_statements)
-        self._listen_dsn = listen_dsn or os.environ.get("RATCHET_LISTEN_DSN") or None
-        if pooled is None:
-            pooled = os.environ.get("RATCHET_POOLED", "").strip().lower() in ("1", "true", "yes")
-        self.pooled = pooled
-        # one LISTEN connection in a thread, shared with sync code (hints only)
-        self._listener = Listener(self._listen_conninfo)
-        if poll_interval is None:
-            poll_interval = self.POOLED_POLL_INTERVAL if self._polls_only() else 1.0
+        self._db: AsyncDatabase
+        self._configure(AsyncDatabase(dsn, pool_size=pool_size,
+                                      prepared_statements=prepared_statements),
+                        suspend_threshold=suspend_threshold, poll_interval=poll_interval,
+                        listen_dsn=listen_dsn, pooled=pooled, app_version=app_version)
         self._middleware = AsyncMiddlewareChain()
         self._tracing = tracing_for(tracing, None)
         self._workflows: dict[str, AsyncWorkflow[..., Any]] = {}
         self._local: _LocalRunner | None = None
-        self.suspend_threshold = suspend_threshold
-        self.poll_interval = poll_interval
 
     def __repr__(self) -> str:
         return f"<ratchet.AsyncApp workflows={sorted(self._workflows)}>"
 
     # -- configuration -------------------------------------------------------
-
-    @property
-    def dsn(self) -> str:
-        """The connection string in use."""
-        return self._db.dsn
-
-    def set_dsn(self, dsn: str) -> None:
-        """Use another database (before first use; the CLI's ``--dsn``)."""
-        self._db.set_dsn(dsn)
-
-    def set_listen_dsn(self, dsn: str) -> None:
-        """LISTEN for wake-ups on this direct connection."""
-        self._listen_dsn = dsn
-        if self.poll_interval == self.POOLED_POLL_INTERVAL:
-            self.poll_interval = 1.0
-
-    def _polls_only(self) -> bool:
-        return self.pooled and self._listen_dsn is None
-
-    def _listen_conninfo(self) -> str | None:
-        if self._listen_dsn is not None:
-            return self._listen_dsn
-        return None if self.pooled else self._db.dsn
 
     def add_middleware(self, middleware: Middleware) -> None:
         """Wrap every workflow run and step execution (see

@@ -25,7 +25,8 @@ from .._errors import (
 from .._json import decode_input, dumps
 from .._listener import ENDED
 from .._middleware import ExecutionInfo
-from .._outcome import ENDED_STATUSES, raise_outcome, undecodable_error, unknown_workflow_error
+from .._outcome import ENDED_STATUSES, raise_outcome, unknown_workflow_error
+from .._runs import DECODE_ERRORS, undecodable_failure
 from ._context import AsyncWorkflowContext
 from ._waits import wait_for
 
@@ -41,19 +42,13 @@ async def context_from_claim(app: AsyncApp, row: dict[str, Any], worker_id: str,
     that workflow alone fails for good (see :func:`ratchet._runs.context_from_claim`)."""
     try:
         return AsyncWorkflowContext.from_claim(app, row, worker_id, lease)
-    except (ValueError, TypeError, KeyError, RecursionError) as exc:
-        reason = f"{type(exc).__name__}: {exc}"
-    workflow_id = str(row.get("workflow_id"))
-    logger.error("workflow %s has an input or recorded step this worker cannot "
-                 "decode (%s); failing it", workflow_id, reason,
-                 extra={"workflow_id": workflow_id, "run_id": row.get("run_id")})
+    except DECODE_ERRORS as exc:
+        params = undecodable_failure(row, exc)
     try:
-        await app._db.fetchone(_queries.FAIL, (workflow_id, row.get("run_id"),
-                                               dumps(undecodable_error(reason), "error"),
-                                               False, None))
+        await app._db.fetchone(_queries.FAIL, params)
     except Exception as fail_exc:  # its lease expires; recovery retries the failure
         logger.warning("could not record the failure of workflow %s: %s",
-                       workflow_id, fail_exc, extra={"workflow_id": workflow_id})
+                       params[0], fail_exc, extra={"workflow_id": params[0]})
     return None
 
 

@@ -22,7 +22,7 @@ from .._outcome import (
     replay_result,
     timeout_payload,
 )
-from .._patches import PATCH_PREFIX, patch_decision
+from .._patches import PATCH_MARKER, PATCH_PREFIX, decide_patch
 from .._waits import next_wait
 from ._context import AsyncWorkflowContext, active_async_workflow, require_async_workflow, subscribe
 
@@ -210,20 +210,8 @@ async def patched(change_id: str) -> bool:
     ctx = active_async_workflow()
     if ctx is None:
         return True
-    ctx.check()
-    if change_id in ctx.patches:
-        return ctx.patches[change_id]
-    found = patch_decision(ctx.recorded, ctx.next_step, change_id)
-    if found == "old":
-        decision = False
-    elif found == "marker":
-        ctx.take_step()
-        decision = True
-    else:
-        step_id = ctx.take_step()
-        await ctx.call(_queries.RECORD_STEP, (ctx.workflow_id, ctx.run_id, step_id,
-                                              PATCH_PREFIX + change_id, '{"patched": true}',
-                                              None))
-        decision = True
-    ctx.patches[change_id] = decision
+    decision, marker_step = decide_patch(ctx, change_id)
+    if marker_step is not None:
+        await ctx.call(_queries.RECORD_STEP, (ctx.workflow_id, ctx.run_id, marker_step,
+                                              PATCH_PREFIX + change_id, PATCH_MARKER, None))
     return decision

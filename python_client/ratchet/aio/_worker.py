@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _queries
 from .._app import make_worker_id
 from .._listener import queue_channel
+from .._worker import check_worker_options
 from ._context import AsyncSubscription, AsyncWorkflowContext, subscribe
 from ._runs import context_from_claim, heartbeat_loop, release, run_workflow
 
@@ -48,16 +49,9 @@ class AsyncWorker:
                  grace_period: float = 10.0, install_signal_handlers: bool = True,
                  worker_id: str | None = None, maintenance_interval: float | None = 60.0,
                  maintenance_batch: int = 500) -> None:
-        if isinstance(queues, str):
-            queues = [queues]
-        if concurrency < 1:
-            raise ValueError("concurrency must be >= 1")
-        if not queues:
-            raise ValueError("a worker needs at least one queue")
-        if maintenance_interval is not None and maintenance_interval <= 0:
-            raise ValueError("maintenance_interval must be > 0 (None turns it off)")
         self.app = app
-        self.queues = list(queues)
+        self.queues = check_worker_options(queues, concurrency, maintenance_interval,
+                                           maintenance_batch)
         self.concurrency = concurrency
         self.lease = float(lease)
         self.poll_interval = app.poll_interval if poll_interval is None else poll_interval
