@@ -234,6 +234,14 @@ begin
     v_fence := v_f.outcome;
     if v_fence = 'ok' then
       perform ratchet._end_run(v_wf, 'succeeded', p_outputs[v_i], null, v_now);
+    elsif v_fence = 'stale_run'
+          -- a retry of this run's own finish (the batch committed, its reply
+          -- was lost) is ok, like finish(); not an item repeated in this call
+          and not exists (select 1 from pg_catalog.generate_subscripts(p_workflow_ids, 1) as j
+                           where v_outcome[j] is not null and p_workflow_ids[j] = p_workflow_ids[v_i])
+          and ratchet._retried_end(p_workflow_ids[v_i], p_run_ids[v_i], '{succeeded}',
+                                   p_outputs[v_i], null) is not null then
+      v_fence := 'ok';
     end if;
     v_outcome[v_i] := v_fence;
   end loop;
@@ -245,7 +253,8 @@ $$;
 
 comment on function ratchet.finish_many(text[], bigint[], jsonb[]) is
   'Finish many runs in one call: each fenced on its own run_id like finish; returns per item '
-  'ok, stale_run, cancelled, deadline_passed or unknown (a repeated item: stale_run).';
+  'ok (also for a retry of this run''s own committed finish), stale_run, cancelled, '
+  'deadline_passed or unknown (a repeated item: stale_run).';
 
 -- fail_many: many failures (fail) in one call. retry_ins, retryables (NULL
 -- element: true) and retry_policies may be NULL. status: what fail() returns
@@ -331,6 +340,20 @@ comment on function ratchet.fail_many(text[], bigint[], jsonb[], interval[], boo
 -- one call and one commit. The finish rows come first (ord = the item,
 -- outcome as finish_many); then one row per claimed workflow (ord NULL,
 -- outcome 'claimed', the columns of ratchet.claimed).
+--
+-- A retried call (the connection broke after an earlier call with these
+-- finishes committed, so the worker never saw its reply): finish_many reports
+-- the rows that run already finished with the same output as ok, and the
+-- workflows that earlier call claimed for worker_id, which the worker never
+-- started, are returned again (their leases renewed) before claim() takes
+-- max_count minus those, so a retry neither loses them until their leases
+-- expire nor claims their slots twice. They are found by the transaction
+-- that wrote them: the earlier call's runs rows (finished and claimed) carry
+-- its xmin, and nothing on this path runs in a subtransaction (an exception
+-- block would give its rows another xid). A recovering call rewrites those
+-- rows (no change but their xmin), so a retry of the retry finds the claims
+-- of both. Only rows still held by worker_id under the run that call gave
+-- them count; frozen xids (<= 2) never match.
 create function ratchet.finish_and_claim(
   workflow_ids text[],
   run_ids      bigint[],
@@ -348,19 +371,65 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
 #variable_conflict use_column
+declare
+  v_xid  xid;
+  v_held int := 0;
+  v_now  timestamptz;
 begin
+  -- before finish_many ends anything: a run of the batch that already ended
+  -- with this output was ended by an earlier call (its xmin names it)
+  select r.xmin into v_xid
+    from pg_catalog.generate_subscripts($1, 1) as i
+    join ratchet.runs r on r.workflow_id = $1[i] and r.run_id = $2[i]
+   where r.outcome = 'succeeded'
+     and ratchet._retried_end($1[i], $2[i], '{succeeded}', $3[i], null) is not null
+   limit 1;
   return query
     select f.ord, f.workflow_id, f.outcome, null::text, null::jsonb, null::bigint, null::int, null::jsonb
       from ratchet.finish_many($1, $2, $3) f;
+  if v_xid is not null and v_xid::text::bigint > 2 and $5 is not null then
+    v_now := ratchet.now();
+    -- the earlier call's finished runs take this transaction's xmin too
+    update ratchet.runs r set ended_at = r.ended_at
+     where r.xmin = v_xid and (r.workflow_id, r.run_id) in (
+             select $1[i], $2[i] from pg_catalog.generate_subscripts($1, 1) as i);
+    return query
+      with held as (
+        select w.workflow_id, w.run_id from ratchet.workflows w
+          join ratchet.runs r on r.workflow_id = w.workflow_id and r.run_id = w.run_id
+         where w.worker_id = $5 and w.status = 'running' and r.ended_at is null
+           and r.xmin = v_xid
+         order by w.workflow_id
+         for no key update of w
+      ), renewed as (
+        update ratchet.workflows w
+           set lease_expires_at = v_now + $7, updated_at = v_now
+          from held h
+         where w.workflow_id = h.workflow_id
+        returning w.workflow_id, w.name, w.input, w.run_id, w.attempts
+      ), touched as (
+        update ratchet.runs r set claimed_at = r.claimed_at
+          from held h
+         where r.workflow_id = h.workflow_id and r.run_id = h.run_id
+      )
+      select null::int, w.workflow_id, 'claimed'::text, w.name, w.input, w.run_id, w.attempts,
+             (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                       'step_id', s.step_id, 'name', s.name, 'output', s.output, 'error', s.error)
+                       order by s.step_id), '[]'::jsonb)
+                from ratchet.steps s where s.workflow_id = w.workflow_id)
+        from renewed w order by w.workflow_id;
+    get diagnostics v_held = row_count;
+  end if;
   return query
     select null::int, c.workflow_id, 'claimed'::text, c.name, c.input, c.run_id, c.attempt, c.steps
-      from ratchet.claim($4, $5, $6, $7, $8, $9) c;
+      from ratchet.claim($4, $5, case when v_held = 0 then $6 else greatest($6 - v_held, 0) end, $7, $8, $9) c;
 end;
 $$;
 
 comment on function ratchet.finish_and_claim(text[], bigint[], jsonb[], text[], text, int, interval, text[], text) is
   'finish_many the given runs, then claim up to max_count workflows, in one call and one commit: '
-  'the finish outcomes first, then the claimed workflows (outcome ''claimed'').';
+  'the finish outcomes first, then the claimed workflows (outcome ''claimed''). A retry of a call '
+  'that committed returns again what that call claimed and the worker never saw.';
 
 -- start_workflows(items): many workflows, each with its own options, in one
 -- call. items: a JSON array of objects with the arguments of start_workflow:

@@ -10,12 +10,27 @@ is durable. A database error fails every finish of that batch the way it
 fails a single finish (the run is released, nothing is recorded for it); an
 RT005 (one output the database refuses) sends that batch's finishes one by
 one, so only the bad one sees it.
+
+A lost connection (terminated backend, server restart) is different: the
+call may or may not have committed, so the same batch is sent again as a
+whole on a new connection, with backoff, while the leases of its runs hold;
+a finish whose lease is about to run out gets the error instead and its run
+is released, like a single fenced write past its lease
+(:meth:`ratchet._db.Database.run_fenced`). Each row stays fenced on its
+run_id: a row the lost call did commit is recognised by the database as this
+run's own finish (``ok``); one whose run was reclaimed meanwhile gets
+``stale_run``. The retry also gets back the workflows the lost call claimed,
+which the worker never heard of: ``ratchet.finish_and_claim`` returns them
+again (leases renewed) and claims only the slots they leave, so they are
+neither held unstarted until their leases expire nor claimed twice.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from . import _queries
+from ._errors import connection_lost
 
 if TYPE_CHECKING:
     from ._app import App
@@ -34,6 +50,8 @@ class _Pending:
     workflow_id: str
     run_id: int
     output: str
+    #: ``time.monotonic()`` by which the run's lease expires: sends stop then
+    lease_until: float = math.inf
     done: threading.Event = field(default_factory=threading.Event)
     outcome: str | None = None
     error: psycopg.Error | None = None
@@ -61,17 +79,21 @@ class FinishBatcher:
         #: batches written and finishes in them, for tests and benchmarks
         self.batches = 0
         self.finishes = 0
+        #: batches sent again after a lost connection
+        self.retries = 0
         self._pending: list[_Pending] = []
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, daemon=True, name="ratchet-finisher")
         self._thread.start()
 
-    def finish(self, workflow_id: str, run_id: int, output: str) -> str:
+    def finish(self, workflow_id: str, run_id: int, output: str,
+               lease_until: float = math.inf) -> str:
         """Finish this run in the next batch; returns its outcome (``ok``,
         ``stale_run``, ...) once the batch committed. Raises the batch's
-        ``psycopg.Error`` if it did not."""
-        item = _Pending(workflow_id, run_id, output)
+        ``psycopg.Error`` if it did not (after a lost connection: once
+        ``lease_until``, monotonic, is too close to send it again)."""
+        item = _Pending(workflow_id, run_id, output, lease_until)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the finish batcher is closed")
@@ -112,31 +134,60 @@ class FinishBatcher:
         finally:
             self.on_claimed(claimed)  # always: it releases the worker's claim slots
 
+    #: first and longest wait between sends of a batch cut off by a lost connection
+    retry_delay = 0.05
+    max_retry_delay = 1.0
+
     def _write_batch(self, batch: list[_Pending], count: int) -> list[dict[str, Any]]:
-        params = {
-            "workflow_ids": [p.workflow_id for p in batch], "run_ids": [p.run_id for p in batch],
-            "outputs": [p.output for p in batch], "queues": self.queues,
-            "worker_id": self.worker_id, "max_count": count, "lease": self.lease,
-            "names": sorted(self.app._workflows), "app_version": self.app.app_version}
-        try:
-            with self.app._db.connection() as conn:
-                rows = self.app._db.run(conn, _queries.FINISH_AND_CLAIM, params).fetchall()
-        except psycopg.Error as exc:
-            if exc.sqlstate == "RT005" and len(batch) > 1:
-                for item in batch:  # one output is refused: each alone, so only it fails
-                    self._write_one(item)
-                return []
+        delay = self.retry_delay
+        while True:
+            params = {
+                "workflow_ids": [p.workflow_id for p in batch],
+                "run_ids": [p.run_id for p in batch],
+                "outputs": [p.output for p in batch], "queues": self.queues,
+                "worker_id": self.worker_id, "max_count": count, "lease": self.lease,
+                "names": sorted(self.app._workflows), "app_version": self.app.app_version}
+            try:
+                remaining = max(p.lease_until for p in batch) - time.monotonic()
+                with self.app._db.connection(timeout=min(max(remaining, 0.1), 30.0)) as conn:
+                    rows = self.app._db.run(conn, _queries.FINISH_AND_CLAIM, params).fetchall()
+            except psycopg.Error as exc:
+                if not connection_lost(exc):
+                    return self._failed(batch, exc)
+                # The call may have committed: send the same batch again while
+                # the runs' leases hold (see the module docstring).
+                now = time.monotonic()
+                live = [p for p in batch if p.lease_until - now > delay]
+                self._failed([p for p in batch if p not in live], exc)
+                if not live:
+                    return []
+                self.retries += 1
+                logger.info("ratchet: connection lost during a batch of %d finish(es) (%s); "
+                            "sending it again in %.2f s", len(live), type(exc).__name__, delay)
+                batch = live
+                time.sleep(delay)
+                delay = min(delay * 2, self.max_retry_delay)
+                continue
+            except BaseException as exc:  # not a database error: the run is released
+                logger.warning("batched finish failed: %s", exc)
+                err = psycopg.OperationalError(f"batched finish failed: {exc}")
+                return self._failed(batch, err)
+            return self._written(batch, rows)
+
+    def _failed(self, batch: list[_Pending], exc: psycopg.Error) -> list[dict[str, Any]]:
+        """The batch did not commit: each finish gets the error (RT005: each is
+        sent alone instead, so only the bad one fails). Claims nothing."""
+        if exc.sqlstate == "RT005" and len(batch) > 1:
             for item in batch:
-                item.error = exc
-                item.done.set()
+                self._write_one(item)
             return []
-        except BaseException as exc:  # not a database error: the run is released
-            logger.warning("batched finish failed: %s", exc)
-            err = psycopg.OperationalError(f"batched finish failed: {exc}")
-            for item in batch:
-                item.error = err
-                item.done.set()
-            return []
+        for item in batch:
+            item.error = exc
+            item.done.set()
+        return []
+
+    def _written(self, batch: list[_Pending], rows: list[Any]) -> list[dict[str, Any]]:
+        """The batch committed: each finish gets its outcome; returns the claims."""
         self.batches += 1
         self.finishes += len(batch)
         for r in rows:

@@ -122,10 +122,11 @@ class Database:
             return self._pool
 
     @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """Borrow a pooled (autocommit) connection."""
+    def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection[Any]]:
+        """Borrow a pooled (autocommit) connection, waiting up to ``timeout``
+        seconds for one (None: the pool's default)."""
         try:
-            with self.pool.connection() as conn:
+            with self.pool.connection(timeout=timeout) as conn:
                 yield conn
         except psycopg.Error as exc:
             self.recover(exc)

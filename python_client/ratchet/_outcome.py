@@ -97,11 +97,12 @@ def end_call(ctx: WorkflowContext, query: str, params: Any) -> str | None:
 def finish_batched(ctx: WorkflowContext, output: str) -> str | None:
     """finish through the worker's batcher (one commit for many finishes);
     like :func:`end_call`: None if the run was lost. Returns once the batch
-    committed."""
+    committed. A batch cut off by a lost connection is sent again while this
+    run's lease holds (``ctx.lease_until``); only past it is the run released."""
     try:
         ctx.check()
         try:
-            outcome = ctx.finisher.finish(ctx.workflow_id, ctx.run_id, output)
+            outcome = ctx.finisher.finish(ctx.workflow_id, ctx.run_id, output, ctx.lease_until)
         except psycopg.Error as exc:
             raise ctx.run_error(exc) from exc
         if outcome != "ok":

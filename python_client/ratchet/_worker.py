@@ -262,6 +262,14 @@ class Worker:
 
     def _start(self, rows: Any) -> None:
         for row in rows:
+            with self._lock:
+                running = self._active.get(row["workflow_id"])
+            if running is not None and running.run_id == row["run_id"]:
+                # never run one run twice (a retried finish_and_claim returns
+                # again only what the worker never started, but be sure)
+                logger.warning("workflow %s run %s is already running here; not starting it again",
+                               row["workflow_id"], row["run_id"])
+                continue
             ctx = context_from_claim(self.app, dict(row), self.worker_id, self.lease)
             if ctx is None:  # undecodable: failed alone, its neighbours run
                 self.outcomes["undecodable"] = self.outcomes.get("undecodable", 0) + 1

@@ -348,3 +348,148 @@ def test_a_batch_of_checkpoints_cut_off_mid_call_is_retried_whole(
     for h in handles:
         assert [r["outcome"] for r in _runs(conn, h.workflow_id)] == ["succeeded"]
     assert checkpointer.checkpoints == 8 and checkpointer.batches == 2
+
+
+# -- a batch of finishes cut off mid-commit is sent again as a whole (issue 15)
+
+
+def _one_run_each(conn: psycopg.Connection[Any], workflow_ids: list[str]) -> None:
+    """Every workflow succeeded on the run that first claimed it: one run
+    (succeeded), attempt 1, its step executed once."""
+    runs = conn.execute(
+        "select workflow_id, count(*) as runs, min(outcome) as outcome, max(attempt) as attempt"
+        " from ratchet.runs where workflow_id = any(%s) group by 1", [workflow_ids]).fetchall()
+    assert {r["workflow_id"]: (r["runs"], r["outcome"], r["attempt"]) for r in runs} == {
+        w: (1, "succeeded", 1) for w in workflow_ids}
+    done = conn.execute(
+        "select workflow_id, count(*) as n from executions group by 1").fetchall()
+    assert {r["workflow_id"]: r["n"] for r in done} == dict.fromkeys(workflow_ids, 1), \
+        "a step body ran again"
+
+
+def _batch_app(dsn: str, side_dsn: str, gate: threading.Barrier) -> tuple[ratchet.App, Any]:
+    app = ratchet.App(dsn + " application_name=victim-app", poll_interval=0.2)
+
+    @app.step()
+    def work(i: int) -> int:
+        with psycopg.connect(side_dsn, autocommit=True) as side:
+            side.execute("insert into executions values (%s)", [ratchet.workflow_id()])
+        return i
+
+    @app.workflow()
+    def flow(i: int, gated: bool) -> int:
+        out = work(i)
+        if gated:
+            gate.wait()  # the gated ones end together: their finishes go in one batch (or a few)
+        return out
+
+    return app, flow
+
+
+def test_batch_cut_off_before_its_commit_is_sent_again(
+    dsn: str, conn: psycopg.Connection[Any], run_worker: Callable[..., ratchet.Worker],
+    wait_until: Callable[..., Any],
+) -> None:
+    conn.execute("create table executions (workflow_id text)")
+    # the first batch that finishes a run sleeps in the middle of its transaction
+    conn.execute("""
+      create sequence cut_seq;
+      create function public.slow_first_finish() returns trigger language plpgsql
+        set search_path = public, pg_catalog as $$
+      begin
+        if new.outcome = 'succeeded' and nextval('public.cut_seq') = 1 then
+          perform pg_sleep(30);
+        end if;
+        return new;
+      end $$;
+      create trigger slow_first_finish before update on ratchet.runs
+        for each row execute function public.slow_first_finish()""")
+    gate = threading.Barrier(4, timeout=20)
+    app, flow = _batch_app(dsn, dsn, gate)
+    try:
+        handles = [app.start(flow, i, True) for i in range(4)]
+        handles += [app.start(flow, i, False) for i in range(4, 6)]
+        worker = run_worker(app, concurrency=4, lease=10.0)
+        pid = wait_until(lambda: conn.execute(
+            "select pid from pg_stat_activity where application_name = 'victim-app'"
+            " and wait_event = 'PgSleep' and query like '%%finish_and_claim%%'").fetchone(),
+            what="a batch of finishes to be in flight")["pid"]
+        conn.execute("select pg_terminate_backend(%s)", [pid])
+        assert [h.result(timeout=30) for h in handles] == list(range(6))
+        _one_run_each(conn, [h.workflow_id for h in handles])
+        finisher = worker._finisher
+        assert finisher is not None and finisher.retries >= 1, "the batch was never sent again"
+        assert worker.outcomes == {"succeeded": 6}
+    finally:
+        app.close()
+
+
+def test_batch_that_committed_before_its_reply_was_lost_is_recognised(
+    pg_server_factory: Callable[..., Any], wait_until: Callable[..., Any],
+) -> None:
+    """The worst cut for a batch: finish_and_claim committed (its finishes and
+    the workflows it claimed), its reply never came back. Synchronous
+    replication to a standby that does not exist holds the commit after it is
+    durable locally; terminating the backend then loses only the reply. The
+    retry must see each finish as its run's own, and get back what the lost
+    call claimed instead of leaving it unstarted until its lease expires."""
+    pg = pg_server_factory()
+    local = pg.dsn() + " options='-c synchronous_commit=local'"
+    with psycopg.connect(local, autocommit=True) as setup:
+        setup.execute("create table executions (workflow_id text)")
+        setup.execute("create table probe (n int)")
+    gate = threading.Barrier(5, timeout=20)  # four workflows and the test
+    app, flow = _batch_app(pg.dsn(), local, gate)
+
+    def probe() -> None:  # a commit that waits once synchronous replication is on
+        with psycopg.connect(pg.dsn() + " application_name=probe", autocommit=True) as c:
+            c.execute("insert into probe values (1)")
+
+    worker = app.worker(["default"], concurrency=4, lease=10, install_signal_handlers=False,
+                        poll_interval=0.2)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        with psycopg.connect(local, autocommit=True, row_factory=dict_row) as watch:
+            gated = [app.start(flow, i, True) for i in range(4)]
+            wait_until(lambda: gate.n_waiting == 4, what="four workflows at the gate")
+            # every slot is taken: these wait for the slots the batch frees
+            extra = [app.start(flow, i, False) for i in range(4, 7)]
+            watch.execute("alter system set synchronous_standby_names = 'nobody'")
+            watch.execute("select pg_reload_conf()")
+            threading.Thread(target=probe, daemon=True).start()
+            wait_until(lambda: watch.execute(
+                "select count(*) as n from pg_stat_activity where application_name = 'probe'"
+                " and wait_event = 'SyncRep'").fetchone() == {"n": 1},
+                what="commits to wait for the missing standby")
+            gate.wait()
+            pid = wait_until(lambda: watch.execute(
+                "select pid from pg_stat_activity where application_name = 'victim-app'"
+                " and wait_event = 'SyncRep' and query like '%%finish_and_claim%%'").fetchone(),
+                what="a batch of finishes to wait for its commit")["pid"]
+            watch.execute("select pg_terminate_backend(%s)", [pid])
+            wait_until(lambda: watch.execute(
+                "select count(*) as n from pg_stat_activity where pid = %s", [pid]
+            ).fetchone() == {"n": 0}, what="the batch's backend to exit")
+            # the cut-off call had committed: finishes, and claims the worker never saw
+            ended = watch.execute("select count(*) as n from ratchet.workflows"
+                                  " where status = 'succeeded'").fetchone()
+            taken = watch.execute("select count(*) as n from ratchet.workflows"
+                                  " where status = 'running' and workflow_id = any(%s)",
+                                  [[h.workflow_id for h in extra]]).fetchone()
+            assert ended is not None and ended["n"] >= 1, "the cut-off batch had committed"
+            assert taken is not None and taken["n"] >= 1, "the cut-off batch had claimed"
+            watch.execute("alter system reset synchronous_standby_names")
+            watch.execute("select pg_reload_conf()")
+            handles = gated + extra
+            assert [h.result(timeout=30) for h in handles] == list(range(7))
+            _one_run_each(watch, [h.workflow_id for h in handles])
+        finisher = worker._finisher
+        assert finisher is not None and finisher.retries >= 1, "the batch was never sent again"
+        assert worker.outcomes == {"succeeded": 7}
+        assert thread.is_alive()
+    finally:
+        worker.stop()
+        worker.stop()
+        thread.join(15)
+        app.close()

@@ -143,3 +143,91 @@ def test_recv_on_a_step_its_own_run_recorded_empty_is_still_rt003(conn: Conn) ->
     left = conn.execute("select count(*) as n from ratchet.messages where consumed_at is null"
                         ).fetchone()
     assert left == {"n": 1}
+
+
+# -- batched finishes (finish_many, finish_and_claim) retried after a lost reply
+
+
+def _finish_many(conn: Conn, rows: list[dict[str, Any]], outputs: list[Any]) -> list[str]:
+    out = conn.execute(
+        "select outcome from ratchet.finish_many(%s, %s, %s::jsonb[]) order by ord",
+        [[r["workflow_id"] for r in rows], [r["run_id"] for r in rows],
+         [json.dumps(o) for o in outputs]]).fetchall()
+    return [o["outcome"] for o in out]
+
+
+def test_finish_many_retry_by_the_same_runs_is_ok(conn: Conn) -> None:
+    for _ in range(3):
+        start(conn, "wf")
+    rows = claim(conn, n=3)
+    assert _finish_many(conn, rows[:2], [{"a": 1}, None]) == ["ok", "ok"]
+    ended = conn.execute("select workflow_id, ended_at from ratchet.workflows order by 1").fetchall()
+    # the whole batch again (its reply was lost): each row is its run's own finish
+    assert _finish_many(conn, rows[:2], [{"a": 1}, None]) == ["ok", "ok"]
+    assert conn.execute("select workflow_id, ended_at from ratchet.workflows order by 1"
+                        ).fetchall() == ended, "the retry changes nothing"
+    # other content, or an item repeated within one call, is not a retry
+    assert _finish_many(conn, rows[:2], [{"a": 2}, None]) == ["stale_run", "ok"]
+    assert _finish_many(conn, [rows[2], rows[2]], ["x", "x"]) == ["ok", "stale_run"]
+
+
+def _finish_and_claim(conn: Conn, rows: list[dict[str, Any]], max_count: int,
+                      worker: str = "w1") -> list[dict[str, Any]]:
+    return conn.execute(
+        "select ord, workflow_id, outcome, run_id, attempt, steps from ratchet.finish_and_claim("
+        "%s, %s, %s::jsonb[], array['default'], %s, %s, '30 seconds')",
+        [[r["workflow_id"] for r in rows], [r["run_id"] for r in rows],
+         ["1"] * len(rows), worker, max_count]).fetchall()
+
+
+def test_finish_and_claim_retry_returns_what_the_lost_call_claimed(conn: Conn) -> None:
+    set_now(conn, T0)
+    wids = [start(conn, "wf") for _ in range(8)]
+    finishing = claim(conn, n=2)
+    [own_other] = claim(conn, n=1)          # this worker's, claimed by another call
+    [foreign] = claim(conn, worker="w2")     # another worker's
+    first = _finish_and_claim(conn, finishing, 2)
+    assert [r["outcome"] for r in first] == ["ok", "ok", "claimed", "claimed"]
+    lost = {r["workflow_id"]: r["run_id"] for r in first[2:]}
+    conn.execute("select ratchet.record_step(%s, %s, 0, 's', '5')",
+                 [first[2]["workflow_id"], first[2]["run_id"]])
+
+    # its reply was lost: the retry (one more slot now) returns the same claims
+    # with their runs, leases renewed, and claims one more
+    set_now(conn, "2030-01-01 00:00:05Z")
+    second = _finish_and_claim(conn, finishing, 3)
+    assert [r["outcome"] for r in second] == ["ok", "ok", "claimed", "claimed", "claimed"]
+    again = {r["workflow_id"]: r["run_id"] for r in second[2:4]}
+    assert again == lost
+    assert [r["attempt"] for r in second[2:]] == [1, 1, 1]
+    steps = {r["workflow_id"]: r["steps"] for r in second[2:4]}
+    assert steps[first[2]["workflow_id"]] == [
+        {"step_id": 0, "name": "s", "output": 5, "error": None}]
+    fresh = second[4]
+    assert fresh["workflow_id"] not in lost
+    leases = conn.execute(
+        "select workflow_id, lease_expires_at = '2030-01-01 00:00:35Z' as renewed"
+        " from ratchet.workflows where workflow_id = any(%s)", [list(lost)]).fetchall()
+    assert all(r["renewed"] for r in leases)
+
+    # that reply was lost too: the third call returns the claims of both
+    third = _finish_and_claim(conn, finishing, 3)
+    assert {r["workflow_id"]: r["run_id"] for r in third[2:]} == {
+        **lost, fresh["workflow_id"]: fresh["run_id"]}
+    assert {own_other["workflow_id"], foreign["workflow_id"]}.isdisjoint(
+        r["workflow_id"] for r in first + second + third)
+    runs = conn.execute("select count(*) as n from ratchet.runs").fetchone()
+    assert runs == {"n": 2 + 1 + 1 + 2 + 1}, "no workflow was claimed twice"
+    left = conn.execute("select count(*) as n from ratchet.workflows where status = 'enqueued'"
+                        ).fetchone()
+    assert left == {"n": len(wids) - 7}, "the third call claimed nothing more"
+
+
+def test_finish_and_claim_first_call_returns_no_earlier_claims(conn: Conn) -> None:
+    for _ in range(4):
+        start(conn, "wf")
+    finishing = claim(conn, n=2)
+    earlier = claim(conn, n=1)  # this worker's, claimed before, still running
+    out = _finish_and_claim(conn, finishing, 5)
+    assert [r["outcome"] for r in out] == ["ok", "ok", "claimed"]
+    assert out[2]["workflow_id"] != earlier[0]["workflow_id"]
