@@ -323,6 +323,19 @@ begin
     if v_fence = 'ok' then
       v_status[v_i] := ratchet._fail_run(v_wf, p_errors[v_i], p_retry_ins[v_i],
                                          coalesce(p_retryables[v_i], true), p_policies[v_i], v_now);
+    elsif v_fence = 'stale_run'
+          -- a retry of this run's own fail (the batch committed, its reply was
+          -- lost) is ok with what it did, like fail(); not an item repeated here
+          and not exists (select 1 from pg_catalog.generate_subscripts(p_workflow_ids, 1) as j
+                           where v_outcome[j] is not null and p_workflow_ids[j] = p_workflow_ids[v_i]) then
+      v_status[v_i] := ratchet._retried_end(p_workflow_ids[v_i], p_run_ids[v_i],
+                                            '{failed,dead,retried}', null, p_errors[v_i]);
+      if v_status[v_i] is not null then
+        v_fence := 'ok';
+        if v_status[v_i] = 'retried' then
+          v_status[v_i] := 'enqueued';
+        end if;
+      end if;
     end if;
     v_outcome[v_i] := v_fence;
   end loop;
@@ -334,7 +347,8 @@ $$;
 
 comment on function ratchet.fail_many(text[], bigint[], jsonb[], interval[], boolean[], jsonb[]) is
   'Fail many runs in one call: each fenced on its own run_id like fail; returns per item the '
-  'outcome (ok, stale_run, cancelled, deadline_passed, unknown) and, when ok, fail''s status.';
+  'outcome (ok, stale_run, cancelled, deadline_passed, unknown) and, when ok, fail''s status '
+  '(ok also for a run that this same failure already ended: a resent batch).';
 
 -- finish_and_claim: finish_many, then claim() for the slots that frees, in
 -- one call and one commit. The finish rows come first (ord = the item,

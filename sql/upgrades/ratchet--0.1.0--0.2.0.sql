@@ -162,6 +162,6 @@ create index workflows_ended_at_idx on ratchet.workflows (ended_at)
 alter table ratchet.workflows add column trace_context jsonb;
 drop function if exists ratchet.start_workflow(text, jsonb, text, text, int, text, timestamptz, interval, int, text, jsonb, text);
 -- ---- batchfault: a batch of finishes retried after its reply was lost ----
--- finish_many treats a retry of this run's own committed finish as ok, and
+-- finish_many and fail_many treat a retry of this run's own committed end as ok, and
 -- finish_and_claim returns again what the committed call claimed: function
 -- bodies only (same signatures), so nothing to drop or migrate here.

@@ -171,6 +171,30 @@ def test_finish_many_retry_by_the_same_runs_is_ok(conn: Conn) -> None:
     assert _finish_many(conn, [rows[2], rows[2]], ["x", "x"]) == ["ok", "stale_run"]
 
 
+def test_fail_many_retry_by_the_same_runs_is_ok_with_the_same_status(conn: Conn) -> None:
+    start(conn, "wf")
+    start(conn, "wf", retry_policy=json.dumps({"max_attempts": 3, "initial_delay": 0}))
+    rows = claim(conn, n=2)
+    err = json.dumps({"message": "boom"})
+    q = ("select outcome, status from ratchet.fail_many(%s, %s, %s::jsonb[], "
+         "retryables => %s)")
+    params = [[r["workflow_id"] for r in rows], [r["run_id"] for r in rows], [err, err],
+              [False, True]]
+    first = conn.execute(q, params).fetchall()
+    statuses = {r["workflow_id"]: r["status"] for r in conn.execute(
+        "select workflow_id, status from ratchet.workflows").fetchall()}
+    # the whole batch again (its reply was lost): each row is its run's own failure
+    assert conn.execute(q, params).fetchall() == first
+    assert [r["outcome"] for r in first] == ["ok", "ok"]
+    assert sorted(r["status"] for r in first) == ["enqueued", "failed"]
+    assert {r["workflow_id"]: r["status"] for r in conn.execute(
+        "select workflow_id, status from ratchet.workflows").fetchall()} == statuses
+    # another error is not a retry
+    other = [params[0], params[1], [json.dumps({"message": "other"})] * 2, [False, True]]
+    assert [r["outcome"] for r in conn.execute(q, other).fetchall()] == \
+        ["stale_run", "stale_run"]
+
+
 def _finish_and_claim(conn: Conn, rows: list[dict[str, Any]], max_count: int,
                       worker: str = "w1") -> list[dict[str, Any]]:
     return conn.execute(
