@@ -244,17 +244,17 @@ class CheckpointBatcher:
     checkpoints one by one, so only the bad one sees it.
     """
 
-    def __init__(self, app: App, *, max_batch: int = 100, writers: int = 1) -> None:
+    def __init__(self, app: App, *, max_batch: int = 100) -> None:
         self.app = app
         self.max_batch = max_batch
-        #: calls in flight at once (more overlap round trips; fewer batch more)
-        self.writers = writers
         #: calls written and checkpoints in them, for tests and benchmarks
         self.batches = 0
         self.checkpoints = 0
         self._pending: list[_Checkpoint] = []
         self._cond = threading.Condition()
-        self._writing = 0
+        # one call in flight at a time: with more, batches shrank and the gain
+        # vanished (docs/benchmarks.md)
+        self._writing = False
 
     def record(self, workflow_id: str, run_id: int, step_id: int, name: str,
                output: str | None, error: str | None,
@@ -267,12 +267,11 @@ class CheckpointBatcher:
             self._pending.append(item)
         while True:
             with self._cond:
-                while not item.done and (self._writing >= self.writers
-                                         or item not in self._pending):
+                while not item.done and self._writing:
                     self._cond.wait()
                 if item.done:
                     break
-                self._writing += 1  # this thread writes the next batch
+                self._writing = True  # this thread writes the next batch
                 batch = self._pending[:self.max_batch]
                 del self._pending[:self.max_batch]
             try:
@@ -285,7 +284,7 @@ class CheckpointBatcher:
                 raise
             finally:
                 with self._cond:
-                    self._writing -= 1
+                    self._writing = False
                     self._cond.notify_all()
         if item.failure is not None:
             raise item.failure

@@ -108,29 +108,30 @@ class AsyncDatabase:
         except Exception as check_exc:  # the server may still be down: next use retries
             logger.debug("ratchet: pool check failed: %s", check_exc)
 
-    async def fetchone(self, query: str, params: Any = None) -> DictRow | None:
-        """Run one statement and return its first row; RT errors become Ratchet
-        exceptions."""
+    @asynccontextmanager
+    async def _cursor(self, query: str, params: Any) -> AsyncIterator[psycopg.AsyncCursor[DictRow]]:
+        """Run one statement on a pooled connection; RT errors become Ratchet
+        exceptions (see :meth:`ratchet._db.Database._cursor`)."""
         try:
             async with self.connection() as conn:
-                return await (await self.run(conn, query, params)).fetchone()
+                yield await self.run(conn, query, params)
         except psycopg.Error as exc:
             mapped = translate(exc)
             if mapped is not None:
                 raise mapped from exc
             raise
 
+    async def fetchone(self, query: str, params: Any = None) -> DictRow | None:
+        """Run one statement and return its first row; RT errors become Ratchet
+        exceptions."""
+        async with self._cursor(query, params) as cur:
+            return await cur.fetchone()
+
     async def fetchall(self, query: str, params: Any = None) -> list[DictRow]:
         """Run one statement and return all rows; RT errors become Ratchet
         exceptions."""
-        try:
-            async with self.connection() as conn:
-                return await (await self.run(conn, query, params)).fetchall()
-        except psycopg.Error as exc:
-            mapped = translate(exc)
-            if mapped is not None:
-                raise mapped from exc
-            raise
+        async with self._cursor(query, params) as cur:
+            return await cur.fetchall()
 
     async def run_fenced(self, query: str, params: Any, lease_until: float,
                          stop: asyncio.Event | None = None) -> DictRow | None:

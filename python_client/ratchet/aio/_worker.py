@@ -63,29 +63,23 @@ class AsyncWorker:
         #: counts of outcomes, for tests and curiosity
         self.outcomes: dict[str, int] = {}
         self._active: dict[str, tuple[AsyncWorkflowContext, asyncio.Task[None]]] = {}
-        self._wake: asyncio.Event | None = None
-        self._stopping: asyncio.Event | None = None
-        self._force: asyncio.Event | None = None
-        self._done: asyncio.Event | None = None
-        self._started: asyncio.Event | None = None
+        # asyncio events bind to the loop that first waits on them (3.10+),
+        # so they can be made here, before run()
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._force = asyncio.Event()
+        self._done = asyncio.Event()
+        self._started = asyncio.Event()
         self._claim_backoff = 0.0
 
     def __repr__(self) -> str:
         return f"<ratchet.aio.AsyncWorker {self.worker_id} queues={self.queues}>"
-
-    def _events(self) -> None:
-        if self._stopping is None:
-            self._wake, self._stopping, self._force = (asyncio.Event(), asyncio.Event(),
-                                                       asyncio.Event())
-            self._done, self._started = asyncio.Event(), asyncio.Event()
 
     # -- control ----------------------------------------------------------
 
     def stop(self) -> None:
         """Ask the worker to shut down gracefully (call on its loop, e.g. from a
         signal handler or another task); a second call skips the grace period."""
-        self._events()
-        assert self._stopping is not None and self._force is not None and self._wake
         if self._stopping.is_set():
             self._force.set()
         self._stopping.set()
@@ -98,16 +92,12 @@ class AsyncWorker:
 
     async def wait_started(self) -> None:
         """Wait until the worker is listening and claiming."""
-        self._events()
-        assert self._started is not None
         await self._started.wait()
 
     # -- main loop ----------------------------------------------------------
 
     async def run(self) -> None:
         """Run until stopped (or cancelled)."""
-        self._events()
-        assert self._stopping and self._done and self._started and self._wake
         loop = asyncio.get_running_loop()
         handlers: list[signal.Signals] = []
         if self.install_signal_handlers:
@@ -150,19 +140,16 @@ class AsyncWorker:
             logger.info("worker %s stopped", self.worker_id)
 
     def _on_signal(self, sig: signal.Signals) -> None:
-        assert self._stopping is not None
         logger.warning("worker %s got %s, shutting down%s", self.worker_id, sig.name,
                        " now" if self._stopping.is_set() else " gracefully")
         self.stop()
 
     async def _forward(self, sub: AsyncSubscription) -> None:
-        assert self._wake is not None
         while True:
             if await sub.wait(3600.0):
                 self._wake.set()
 
     async def _loop(self) -> None:
-        assert self._stopping is not None and self._wake is not None
         next_tick = 0.0
         while not self._stopping.is_set():
             now = time.monotonic()
@@ -180,7 +167,6 @@ class AsyncWorker:
                 pass
 
     async def _claim(self, count: int) -> int:
-        assert self._stopping is not None
         try:
             rows = await self.app._db.fetchall(_queries.CLAIM, {
                 "queues": self.queues, "worker_id": self.worker_id, "max_count": count,
@@ -205,7 +191,6 @@ class AsyncWorker:
         return len(rows)
 
     async def _run_one(self, ctx: AsyncWorkflowContext) -> None:
-        assert self._wake is not None
         outcome = "error"
         try:
             outcome = await run_workflow(ctx)
@@ -235,7 +220,7 @@ class AsyncWorker:
             logger.warning("tick() failed: %s", exc)
 
     async def _maintenance_loop(self) -> None:
-        assert self.maintenance_interval is not None and self._stopping is not None
+        assert self.maintenance_interval is not None
         while True:
             try:
                 await asyncio.wait_for(self._stopping.wait(), self.maintenance_interval)
@@ -262,7 +247,6 @@ class AsyncWorker:
         return deleted
 
     async def _shutdown(self) -> None:
-        assert self._force is not None and self._wake is not None
         deadline = time.monotonic() + self.grace_period
         if self._active:
             logger.info("waiting up to %.0f s for %d running workflow(s)",
