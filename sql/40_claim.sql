@@ -241,6 +241,8 @@ begin
   insert into ratchet.runs (workflow_id, run_id, attempt, worker_id, app_version, claimed_at)
   values (p_wf.workflow_id, v_claimed.run_id, v_claimed.attempt, p_worker_id, p_app_version, p_now);
 
+  -- the recorded steps as clients decode them (finish_and_claim's retry
+  -- builds the same JSON for the claims it returns again)
   select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
            'step_id', s.step_id, 'name', s.name, 'output', s.output, 'error', s.error)
            order by s.step_id), '[]'::jsonb)

@@ -426,6 +426,8 @@ begin
           from held h
          where r.workflow_id = h.workflow_id and r.run_id = h.run_id
       )
+      -- steps: the same JSON as ratchet._claim_row builds (kept inline there:
+      -- a nested call costs claim's hot path; keep the two alike)
       select null::int, w.workflow_id, 'claimed'::text, w.name, w.input, w.run_id, w.attempts,
              (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
                        'step_id', s.step_id, 'name', s.name, 'output', s.output, 'error', s.error)
