@@ -310,16 +310,18 @@ declare
   v_taken   int;
 begin
   -- Hot path: inline checks; the helpers run only to raise the precise error.
+  -- (one expression on the hot path; see start_workflow)
   if p_worker_id is null or pg_catalog.btrim(p_worker_id) = '' or pg_catalog.octet_length(p_worker_id) > 200
-     or p_lease is null or p_lease <= interval '0' or p_lease > interval '1 day' then
+     or p_lease is null or p_lease <= interval '0' or p_lease > interval '1 day'
+     or p_queues is null or coalesce(pg_catalog.array_length(p_queues, 1), 0) = 0
+     or pg_catalog.cardinality(p_queues) > 100
+     or p_max_count is null or p_max_count < 0 or p_max_count > 1000 then
     perform ratchet._check_lease(p_worker_id, p_lease);
-  end if;
-  if p_queues is null or coalesce(pg_catalog.array_length(p_queues, 1), 0) = 0
-     or pg_catalog.cardinality(p_queues) > 100 then
-    perform ratchet._raise('RT005', 'queues must name 1 to 100 queues',
-      'e.g. queues => array[''default'']');
-  end if;
-  if p_max_count is null or p_max_count < 0 or p_max_count > 1000 then
+    if p_queues is null or coalesce(pg_catalog.array_length(p_queues, 1), 0) = 0
+       or pg_catalog.cardinality(p_queues) > 100 then
+      perform ratchet._raise('RT005', 'queues must name 1 to 100 queues',
+        'e.g. queues => array[''default'']');
+    end if;
     perform ratchet._raise('RT005', pg_catalog.format('max_count must be between 0 and 1000, got %s', p_max_count),
       'claim at most as many workflows as the worker has free slots');
   end if;
@@ -328,7 +330,12 @@ begin
     return;
   end if;
 
-  perform ratchet._expire_deadlines(p_queues, null, v_now);
+  -- The deadline sweep, only when a deadline passed: one probe of the partial
+  -- deadline index here (as in _expire_deadlines) is cheaper than the call.
+  if (select min(w.deadline) from ratchet.workflows w
+       where w.deadline is not null and w.status in ('enqueued', 'running')) < v_now then
+    perform ratchet._expire_deadlines(p_queues, null, v_now);
+  end if;
 
   for v_queue in
     select * from ratchet.queues q where q.name = any(p_queues) and not q.paused order by q.name

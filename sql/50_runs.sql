@@ -9,7 +9,9 @@
 
 -- The fence, the one rule every write of a run passes: lock the workflow row
 -- (FOR SHARE for step writes, FOR NO KEY UPDATE when the row itself changes)
--- and check that p_run_id is its current, live run. o_outcome: 'ok',
+-- and check that p_run_id is its current, live run. (record_step and finish
+-- test the "ok" case inline, in the statement that locks the row, and call
+-- _fence only when it fails: the hot path saves the nested call.) o_outcome: 'ok',
 -- 'unknown' (RT004), 'cancelled' (RT006), 'stale_run' (RT002) or
 -- 'deadline_passed' (RT006). p_raise: raise that error instead of returning
 -- an outcome other than 'ok' (the single-row functions); the batched
@@ -176,6 +178,7 @@ declare
   p_name        alias for $4;
   p_output      alias for $5;
   p_error       alias for $6;
+  v_now timestamptz := ratchet.now();
 begin
   -- Hot path: inline checks; the helpers run only to raise the precise error.
   if p_step_id is null or p_step_id < 0 or p_name is null or pg_catalog.btrim(p_name) = ''
@@ -188,9 +191,25 @@ begin
     perform ratchet._check_payload(p_output, 'step output');
     perform ratchet._check_payload(p_error, 'step error');
   end if;
-  perform ratchet._fence(p_workflow_id, p_run_id, false, true);
-  perform ratchet._insert_step(p_workflow_id, p_run_id, p_step_id, p_name, p_output, p_error,
-                               ratchet.now());
+  -- Hot path: the fence's "ok" case and the insert in one statement. The
+  -- row lock (FOR SHARE) keeps the run current until commit, as _fence's
+  -- does; a claim that changed the row meanwhile fails the re-checked WHERE.
+  -- Anything else (unknown, not running, another run, deadline passed, step
+  -- already recorded: a retry or a duplicate) inserts nothing and takes the
+  -- slow path, where _fence raises the precise error and _insert_step tells a
+  -- retried write from RT003. Two nested calls less per checkpoint.
+  insert into ratchet.steps (workflow_id, step_id, name, output, error, run_id, recorded_at)
+  select w.workflow_id, p_step_id, p_name, p_output, p_error, p_run_id, v_now
+    from ratchet.workflows w
+   where w.workflow_id = p_workflow_id and w.status = 'running' and w.run_id = p_run_id
+     and (w.deadline is null or w.deadline >= v_now)
+     for share of w
+  on conflict (workflow_id, step_id) do nothing;
+  if not found then
+    perform ratchet._fence(p_workflow_id, p_run_id, false, true);
+    perform ratchet._insert_step(p_workflow_id, p_run_id, p_step_id, p_name, p_output, p_error,
+                                 v_now);
+  end if;
 end;
 $$;
 
@@ -218,13 +237,18 @@ begin
      or pg_catalog.jsonb_path_exists(p_output, 'strict $.**{101}') then  -- hot path: see record_step
     perform ratchet._check_payload(p_output, 'output');
   end if;
-  -- a retry of this run's own finish (the reply was lost) is success
-  if not exists (select 1 from ratchet.workflows w
-                  where w.workflow_id = p_workflow_id and w.run_id = p_run_id)
-     and ratchet._retried_end(p_workflow_id, p_run_id, '{succeeded}', p_output, null) is not null then
-    return;
+  -- Hot path: lock the row and test the fence's "ok" case inline (see
+  -- record_step); only otherwise ask whether this is a retry of this run's
+  -- own finish (the reply was lost: success), else _fence raises the error.
+  select * into v_wf from ratchet.workflows w where w.workflow_id = p_workflow_id
+     for no key update;
+  if not found or v_wf.status <> 'running' or v_wf.run_id is distinct from p_run_id
+     or v_wf.deadline < v_now then
+    if ratchet._retried_end(p_workflow_id, p_run_id, '{succeeded}', p_output, null) is not null then
+      return;
+    end if;
+    select (f.o_wf).* into v_wf from ratchet._fence(p_workflow_id, p_run_id, true, true) f;
   end if;
-  select (f.o_wf).* into v_wf from ratchet._fence(p_workflow_id, p_run_id, true, true) f;
   perform ratchet._end_run(v_wf, 'succeeded', p_output, null, v_now);
 end;
 $$;
