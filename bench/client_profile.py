@@ -21,8 +21,8 @@ A baseline client is a copy of an older commit's ``python_client``, e.g.
 ``git archive <commit> python_client | tar -x -C /tmp/ratchet-base`` and
 ``cp -r python_client/ratchet/_sql /tmp/ratchet-base/python_client/ratchet/``.
 
-``--profile DIR`` runs each worker under ``py-spy record --format raw`` (on-CPU
-samples only; ``pip install py-spy``, a measurement tool, not a dependency) and
+``--profile DIR`` runs each worker under ``py-spy record --gil --format raw``
+(samples of the thread holding the GIL only; ``pip install py-spy``, a measurement tool, not a dependency) and
 writes ``DIR/<client>-c<W>-<rep>.txt`` (collapsed stacks) and prints the top
 self-time functions. ``--log-statements`` sets ``log_min_duration_statement=0``
 and runs one workflow at concurrency 1 per client, then prints the server log
@@ -114,13 +114,24 @@ class WorkerProc:
                "--queue", QUEUE, "--concurrency", str(concurrency), "--log-level", "warning"]
         if profile is not None:
             spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-            cmd = [spy, "record", "--format", "raw", "--rate", "200", "-o", str(profile),
+            cmd = [spy, "record", "--gil", "--format", "raw", "--rate", "250", "-o", str(profile),
                    "--"] + cmd
         self.profiled = profile is not None
         self.log = log
         with log.open("wb") as out:
             self.proc = subprocess.Popen(cmd, cwd=BENCH_DIR, env=env, stdout=out,
                                          stderr=subprocess.STDOUT)
+
+    def worker_pid(self) -> int:
+        if not self.profiled:
+            return self.proc.pid
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        return int(children.split()[0]) if children.split() else self.proc.pid
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the worker process so far."""
+        fields = Path(f"/proc/{self.worker_pid()}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         target = self.proc.pid
@@ -189,6 +200,7 @@ def main() -> int:
     if args.log_statements:
         conf = {"log_min_duration_statement": 0, "log_line_prefix": "%m [%p] x%x "}
     rates: dict[tuple[str, int], list[float]] = collections.defaultdict(list)
+    cpus: dict[tuple[str, int], list[float]] = collections.defaultdict(list)
     with tempfile.TemporaryDirectory(prefix="ratchet-client-profile-") as tmp, \
             EmbeddedPostgres(fast=False, extra_conf=conf) as pg:
         server = Server(pg)
@@ -221,19 +233,26 @@ def main() -> int:
                     try:
                         server.batch(max(2 * c, 20), args.k)  # warm-up
                         server.settle()
+                        cpu0, wall0 = w.cpu_seconds(), time.monotonic()
                         rate = server.batch(args.n, args.k)
+                        cpu = w.cpu_seconds() - cpu0
+                        wall = time.monotonic() - wall0
                     finally:
                         w.stop()
                     rates[(name, c)].append(rate)
-                    print(f"rep {rep} c={c:<3} {name:<10} {rate:8.1f} wf/s", flush=True)
+                    cpus[(name, c)].append(1000 * cpu / args.n)
+                    print(f"rep {rep} c={c:<3} {name:<10} {rate:8.1f} wf/s   worker CPU "
+                          f"{1000 * cpu / args.n:.2f} ms/wf ({100 * cpu / wall:.0f}% of a core)",
+                          flush=True)
                     if prof is not None and prof.exists():
                         for fn, pct in top_self(prof, 12):
                             print(f"    {pct:5.1f}%  {fn}")
-    print("\nclient      conc   median   (min-max) wf/s")
+    print("\nclient      conc   median   (min-max) wf/s   worker CPU ms/wf (median)")
     for c in args.concurrency:
         for name, _ in clients:
             r = rates[(name, c)]
-            print(f"{name:<10} {c:>5} {statistics.median(r):8.1f}   ({min(r):.1f}-{max(r):.1f})")
+            print(f"{name:<10} {c:>5} {statistics.median(r):8.1f}   ({min(r):.1f}-{max(r):.1f})   "
+                  f"{statistics.median(cpus[(name, c)]):.2f}")
     return 0
 
 
