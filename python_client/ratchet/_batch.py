@@ -45,6 +45,26 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("ratchet")
 
+class _Done:
+    """A one-shot signal for one waiting thread: a held lock that :meth:`set`
+    releases once (a threading.Event costs a Condition and a notify_all)."""
+
+    __slots__ = ("_lock", "_set")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._set = False
+
+    def set(self) -> None:
+        if not self._set:  # only the batcher's thread sets it
+            self._set = True
+            self._lock.release()
+
+    def wait(self) -> None:
+        self._lock.acquire()
+
+
 @dataclass
 class _Pending:
     workflow_id: str
@@ -52,7 +72,7 @@ class _Pending:
     output: str
     #: ``time.monotonic()`` by which the run's lease expires: sends stop then
     lease_until: float = math.inf
-    done: threading.Event = field(default_factory=threading.Event)
+    done: _Done = field(default_factory=_Done)
     outcome: str | None = None
     error: psycopg.Error | None = None
 
