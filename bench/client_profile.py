@@ -22,8 +22,9 @@ A baseline client is a copy of an older commit's ``python_client``, e.g.
 ``cp -r python_client/ratchet/_sql /tmp/ratchet-base/python_client/ratchet/``.
 
 ``--profile DIR`` runs each worker under ``py-spy record --gil --format raw``
-(samples of the thread holding the GIL only; ``pip install py-spy``, a measurement tool, not a dependency) and
-writes ``DIR/<client>-c<W>-<rep>.txt`` (collapsed stacks) and prints the top
+(samples of the thread holding the GIL only; ``pip install py-spy``, a
+measurement tool, not a dependency) and writes ``DIR/<client>-c<W>-<rep>.txt``
+(collapsed stacks) and prints the top
 self-time functions. ``--log-statements`` sets ``log_min_duration_statement=0``
 and runs one workflow at concurrency 1 per client, then prints the server log
 lines of that run (the statements and commits per workflow).
