@@ -45,6 +45,26 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("ratchet")
 
+class _Done:
+    """A one-shot signal for one waiting thread: a held lock that :meth:`set`
+    releases once (a threading.Event costs a Condition and a notify_all)."""
+
+    __slots__ = ("_lock", "_set")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._set = False
+
+    def set(self) -> None:
+        if not self._set:  # only the batcher's thread sets it
+            self._set = True
+            self._lock.release()
+
+    def wait(self) -> None:
+        self._lock.acquire()
+
+
 @dataclass
 class _Pending:
     workflow_id: str
@@ -52,7 +72,7 @@ class _Pending:
     output: str
     #: ``time.monotonic()`` by which the run's lease expires: sends stop then
     lease_until: float = math.inf
-    done: threading.Event = field(default_factory=threading.Event)
+    done: _Done = field(default_factory=_Done)
     outcome: str | None = None
     error: psycopg.Error | None = None
 
@@ -224,6 +244,9 @@ class _Checkpoint:
     done: bool = False
     outcome: str | None = None
     failure: psycopg.Error | None = None
+    #: held while the step's thread waits for a write in flight; released once,
+    #: when its batch is written or when its thread is to write the next one
+    wake: threading.Lock | None = None
 
 
 class CheckpointBatcher:
@@ -231,8 +254,11 @@ class CheckpointBatcher:
     as group commit: a step whose checkpoint finds no write in flight writes
     it at once, on its own thread (no hand-off, no wait when the worker is
     quiet), together with any that queued meanwhile; the checkpoints asked
-    for while a write is in flight queue, and one of their threads writes
-    them all in the next call when it ends. Each row is fenced on its own
+    for while a write is in flight queue, and the thread of the first of
+    them writes them all (up to ``max_batch``) in the next call when it ends.
+    A queued thread sleeps on its own lock and is woken once: when its batch
+    is written or when it is to write (no wake-up of every waiting thread per
+    batch). Each row is fenced on its own
     run_id and gets its own outcome; no step returns before the commit of
     its batch.
 
@@ -251,7 +277,7 @@ class CheckpointBatcher:
         self.batches = 0
         self.checkpoints = 0
         self._pending: list[_Checkpoint] = []
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         # one call in flight at a time: with more, batches shrank and the gain
         # vanished (docs/benchmarks.md)
         self._writing = False
@@ -263,17 +289,27 @@ class CheckpointBatcher:
         outcome (``ok``, ``stale_run``, ``duplicate``, ...) once committed.
         Raises the batch's ``psycopg.Error`` if it did not commit."""
         item = _Checkpoint(workflow_id, run_id, step_id, name, output, error, lease_until)
-        with self._cond:
-            self._pending.append(item)
-        while True:
-            with self._cond:
-                while not item.done and self._writing:
-                    self._cond.wait()
-                if item.done:
-                    break
+        with self._lock:
+            if self._writing:
+                # a write is in flight: queue, and sleep on this item's own lock
+                # until the writer says it is done or hands this thread the next
+                # write (no wake-up of every waiting step per batch)
+                item.wake = threading.Lock()
+                item.wake.acquire()
+                self._pending.append(item)
+            else:
                 self._writing = True  # this thread writes the next batch
-                batch = self._pending[:self.max_batch]
-                del self._pending[:self.max_batch]
+        if item.wake is not None:
+            item.wake.acquire()
+        if not item.done:
+            # this thread writes: its item is the first one queued (or alone)
+            with self._lock:
+                if item.wake is None:
+                    batch = [item]
+                else:
+                    batch = self._pending[:self.max_batch]
+                    del self._pending[:self.max_batch]
+            assert batch[0] is item
             try:
                 self._write(batch)
             except BaseException as exc:  # never leave a waiting step behind
@@ -283,13 +319,26 @@ class CheckpointBatcher:
                         other.done = True
                 raise
             finally:
-                with self._cond:
-                    self._writing = False
-                    self._cond.notify_all()
+                self._hand_off(batch)
         if item.failure is not None:
             raise item.failure
         assert item.outcome is not None
         return item.outcome
+
+    def _hand_off(self, batch: list[_Checkpoint]) -> None:
+        """After a write: the first queued step's thread writes the next batch
+        (or no write is in flight any more), then the other steps of ``batch``
+        wake up (``batch[0]`` is the writer's own)."""
+        with self._lock:
+            following = self._pending[0] if self._pending else None
+            if following is None:
+                self._writing = False
+        if following is not None:
+            assert following.wake is not None
+            following.wake.release()
+        for other in batch[1:]:
+            assert other.wake is not None
+            other.wake.release()
 
     def _write(self, batch: list[_Checkpoint]) -> None:
         if len(batch) == 1:  # alone: the plain call

@@ -84,6 +84,11 @@ class MiddlewareChain:
     def __init__(self) -> None:
         self._items: list[_Wrapper] = []
 
+    def __bool__(self) -> bool:
+        """Whether any middleware is configured (without, callers skip building
+        an :class:`ExecutionInfo` and call the function directly)."""
+        return bool(self._items)
+
     def add(self, fn: Middleware) -> None:
         """Append ``fn`` (it runs inside the ones added before it)."""
         self._items.append(_Wrapper(fn))

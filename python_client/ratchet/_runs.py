@@ -129,10 +129,13 @@ def run_workflow(ctx: WorkflowContext) -> str:
     interrupted = False
     try:
         args, kwargs = decode_input(ctx.input)
-        info = ExecutionInfo("workflow", ctx.name, ctx.workflow_id, ctx.run_id, ctx.attempt)
         logger.debug("running workflow %s (%s), attempt %d", ctx.workflow_id,
                      ctx.name, ctx.attempt, extra=extra)
-        result = app._middleware.run(info, lambda: wf.fn(*args, **kwargs))
+        if app._middleware:
+            info = ExecutionInfo("workflow", ctx.name, ctx.workflow_id, ctx.run_id, ctx.attempt)
+            result = app._middleware.run(info, lambda: wf.fn(*args, **kwargs))
+        else:
+            result = wf.fn(*args, **kwargs)
         raised: BaseException | None = None
     except _ControlFlow as signal:
         result, raised = None, signal

@@ -117,9 +117,12 @@ class StepBase:
         rec = ctx.lookup(step_id, self.name)
         if rec is not None:
             return replay_step(rec, step_id, self.name)
+        middleware = ctx.app._middleware
+        if not middleware:
+            return self._execute(ctx, step_id, args, kwargs)
         info = ExecutionInfo("step", self.name, ctx.workflow_id, ctx.run_id, ctx.attempt,
                              step_id)
-        return ctx.app._middleware.run(info, lambda: self._execute(ctx, step_id, args, kwargs))
+        return middleware.run(info, lambda: self._execute(ctx, step_id, args, kwargs))
 
     def _execute(self, ctx: WorkflowContext, step_id: int, args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> Any:

@@ -9,7 +9,9 @@ expired, with the steps already recorded.
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import queue
 import signal
 import threading
 import time
@@ -49,6 +51,19 @@ def check_worker_options(queues: Sequence[str] | str, concurrency: int,
     if maintenance_batch < 1:
         raise ValueError("maintenance_batch must be >= 1")
     return list(queues)
+
+
+class _Runners:
+    """The threads that run one :meth:`Worker.run`'s workflows: started as
+    needed (never more than the concurrency), each runs claimed workflows one
+    after another from ``queue`` (None: exit), so a workflow does not pay for
+    a new thread. ``idle`` (under the worker's lock) counts the threads
+    waiting for one."""
+
+    def __init__(self) -> None:
+        self.queue: queue.SimpleQueue[WorkflowContext | None] = queue.SimpleQueue()
+        self.threads: list[threading.Thread] = []
+        self.idle = 0
 
 
 class Worker:
@@ -110,6 +125,7 @@ class Worker:
             else batch_checkpoints
         self._checkpointer: CheckpointBatcher | None = None
         self._claim_lock = threading.Lock()
+        self._runners = _Runners()
         #: counts of outcomes, for tests and curiosity
         self.outcomes: dict[str, int] = {}
 
@@ -155,6 +171,7 @@ class Worker:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 previous[sig] = signal.signal(sig, self._on_signal)
         self._done.clear()
+        self._runners = _Runners()
         heartbeat = threading.Thread(target=self._heartbeat_loop, daemon=True,
                                      name="ratchet-heartbeat")
         maintenance = threading.Thread(target=self._maintenance_loop, daemon=True,
@@ -185,6 +202,9 @@ class Worker:
         finally:
             if self._finisher is not None:
                 self._finisher.close()
+            runners = self._runners
+            for _ in runners.threads:  # each exits once its workflow (if any) is over
+                runners.queue.put(None)
             self._stopping.set()
             self._done.set()
             for sig, handler in previous.items():
@@ -276,13 +296,32 @@ class Worker:
                 continue
             ctx.finisher = self._finisher
             ctx.checkpointer = self._checkpointer
+            runners = self._runners
             with self._lock:
                 self._active[ctx.workflow_id] = ctx
-            thread = threading.Thread(target=self._run_one, args=(ctx,), daemon=True,
-                                      name=f"ratchet-run-{ctx.workflow_id}")
-            thread.start()
+                spawn = runners.idle == 0
+                if not spawn:
+                    runners.idle -= 1  # that thread takes this one
+            runners.queue.put(ctx)
+            if spawn:
+                thread = threading.Thread(target=self._runner, args=(runners,), daemon=True,
+                                          name="ratchet-run")
+                runners.threads.append(thread)
+                thread.start()
 
-    def _run_one(self, ctx: WorkflowContext) -> None:
+    def _runner(self, runners: _Runners) -> None:
+        """A runner thread: claimed workflows one after another, each in a
+        fresh context (as on a new thread: no context variable carries over)."""
+        me = threading.current_thread()
+        while True:
+            ctx = runners.queue.get()
+            if ctx is None:
+                return
+            me.name = f"ratchet-run-{ctx.workflow_id}"
+            contextvars.Context().run(self._run_one, ctx, runners)
+            me.name = "ratchet-run"
+
+    def _run_one(self, ctx: WorkflowContext, runners: _Runners | None = None) -> None:
         outcome = "error"
         try:
             outcome = run_workflow(ctx)
@@ -295,6 +334,8 @@ class Worker:
                 if self._active.get(ctx.workflow_id) is ctx:
                     del self._active[ctx.workflow_id]
                 self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+                if runners is not None:  # free for the next workflow before a claim sees the slot
+                    runners.idle += 1
             self._wake.set()
 
     def _tick(self) -> None:
