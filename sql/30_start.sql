@@ -67,15 +67,9 @@ begin
      or p_timeout <= interval '0' or p_timeout > interval '100 years'
      or p_max_attempts < 1 or p_retry_policy is not null
      or pg_catalog.octet_length(p_app_version) > 200 then
-    if p_name is null or pg_catalog.btrim(p_name) = '' or pg_catalog.octet_length(p_name) > 200
-       or pg_catalog.btrim(v_id) = '' or pg_catalog.octet_length(v_id) > 200 then
-      perform ratchet._check_name(p_name, 'workflow name');
-      perform ratchet._check_name(v_id, 'workflow_id');
-    end if;
-    if pg_catalog.pg_column_size(p_input) > 1048576
-       or pg_catalog.jsonb_path_exists(p_input, 'strict $.**{101}') then  -- see _check_payload
-      perform ratchet._check_payload(p_input, 'input');
-    end if;
+    perform ratchet._check_name(p_name, 'workflow name');
+    perform ratchet._check_name(v_id, 'workflow_id');
+    perform ratchet._check_payload(p_input, 'input');
     if p_input is null then
       perform ratchet._raise('RT005', 'input must not be NULL', 'pass ''{}'' for no input');
     end if;
