@@ -177,6 +177,21 @@ def test_checkpoint_after_terminated_backends_is_retried_on_the_same_run(
         client.close()
 
 
+def terminate_waiting_commit(watch: psycopg.Connection[Any], wait_until: Callable[..., Any],
+                             call: str, what: str) -> None:
+    """Terminate the victim app's backend whose ``call`` waits for its commit
+    (SyncRep: the commit is in the WAL, its reply not sent), and wait until
+    that backend is gone."""
+    pid = wait_until(lambda: watch.execute(
+        "select pid from pg_stat_activity where application_name = 'victim-app'"
+        " and wait_event = 'SyncRep' and query like %s", [f"%{call}%"]).fetchone(),
+        what=f"{what} to wait for its commit")["pid"]
+    watch.execute("select pg_terminate_backend(%s)", [pid])
+    wait_until(lambda: watch.execute(
+        "select count(*) as n from pg_stat_activity where pid = %s", [pid]
+    ).fetchone() == {"n": 0}, what=f"the backend of {what} to exit")
+
+
 def test_server_restart_during_a_checkpoint_costs_no_run(
     pg_server_factory: Callable[..., Any], wait_until: Callable[..., Any],
 ) -> None:
@@ -274,14 +289,7 @@ def test_checkpoint_that_committed_before_its_reply_was_lost_is_recognised(
     try:
         with psycopg.connect(local, autocommit=True, row_factory=dict_row) as watch:
             handle = app.start(pay, workflow_id="pay-1")
-            pid = wait_until(lambda: watch.execute(
-                "select pid from pg_stat_activity where application_name = 'victim-app'"
-                " and wait_event = 'SyncRep' and query like '%%record_step%%'").fetchone(),
-                what="the checkpoint to wait for its commit")["pid"]
-            watch.execute("select pg_terminate_backend(%s)", [pid])
-            wait_until(lambda: watch.execute(
-                "select count(*) as n from pg_stat_activity where pid = %s", [pid]
-            ).fetchone() == {"n": 0}, what="the checkpoint's backend to exit")
+            terminate_waiting_commit(watch, wait_until, "record_step", "the checkpoint")
             committed = watch.execute("select name, output, run_id from ratchet.steps").fetchall()
             assert [(s["name"], s["output"]) for s in committed] == [("charge", "ch-1")], \
                 "the cut-off checkpoint had committed"
@@ -463,14 +471,7 @@ def test_batch_that_committed_before_its_reply_was_lost_is_recognised(
                 " and wait_event = 'SyncRep'").fetchone() == {"n": 1},
                 what="commits to wait for the missing standby")
             gate.wait()
-            pid = wait_until(lambda: watch.execute(
-                "select pid from pg_stat_activity where application_name = 'victim-app'"
-                " and wait_event = 'SyncRep' and query like '%%finish_and_claim%%'").fetchone(),
-                what="a batch of finishes to wait for its commit")["pid"]
-            watch.execute("select pg_terminate_backend(%s)", [pid])
-            wait_until(lambda: watch.execute(
-                "select count(*) as n from pg_stat_activity where pid = %s", [pid]
-            ).fetchone() == {"n": 0}, what="the batch's backend to exit")
+            terminate_waiting_commit(watch, wait_until, "finish_and_claim", "a batch of finishes")
             # the cut-off call had committed: finishes, and claims the worker never saw
             ended = watch.execute("select count(*) as n from ratchet.workflows"
                                   " where status = 'succeeded'").fetchone()
