@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,18 +151,21 @@ class WorkerProc:
             print(self.log.read_text()[-2000:], file=sys.stderr)
 
 
+def collapsed(path: Path) -> Iterator[tuple[str, int]]:
+    """The (stack, samples) lines of a py-spy raw (collapsed) file."""
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack:
+            yield stack, int(count)
+
+
 def top_self(path: Path, limit: int = 25) -> list[tuple[str, float]]:
     """Self-time share of the leaf frames in a py-spy raw (collapsed) file."""
     selfs: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack:
-            continue
-        n = int(count)
+    for stack, n in collapsed(path):
         total += n
-        leaf = stack.split(";")[-1]
-        selfs[leaf] += n
+        selfs[stack.split(";")[-1]] += n
     return [(f, 100.0 * n / max(total, 1)) for f, n in selfs.most_common(limit)]
 
 
@@ -169,11 +173,7 @@ def inclusive(path: Path, needles: list[str]) -> dict[str, float]:
     """Inclusive share of the frames whose text contains each needle."""
     hits: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack:
-            continue
-        n = int(count)
+    for stack, n in collapsed(path):
         total += n
         for needle in needles:
             if needle in stack:
